@@ -1,0 +1,93 @@
+//! kv-server: a durable key-value store over HTTP.
+//!
+//! # Layout
+//! - [`config`]: the command line (`--listen`, `--data-dir`, limits).
+//! - [`store`]: the storage trait and its redb engine, with group commit.
+//! - [`http`]: the routes of the API, its extractors and handlers.
+//! - [`dump`]: the shapes of DUMP (`GET /kv`) and the NDJSON item shared with import/export.
+//! - [`key`]: how a key is spelled in a URL; shared with the proxy so both agree.
+//! - [`quote`]: Redis-style quoting for the line-oriented views (telnet, text DUMP).
+//! - [`serve`]: the hardened accept loop both programs use, and the shutdown signal.
+//! - [`metrics`], [`error`], [`units`]: Prometheus figures, the error body, sizes and durations.
+
+pub mod config;
+pub mod dump;
+pub mod error;
+pub mod http;
+pub mod key;
+pub mod metrics;
+pub mod quote;
+pub mod serve;
+pub mod store;
+pub mod units;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use store::redb::{OpenError, RedbOptions};
+use store::{RedbStore, Store};
+
+/// An opened server: the store is open and locked, nothing is listening yet.
+pub struct Server {
+    config: Config,
+    store: RedbStore,
+}
+
+impl Server {
+    /// Opens the store in `config.data_dir`.
+    pub fn open(config: Config) -> Result<Self, OpenError> {
+        let options = RedbOptions {
+            cache_bytes: config.store_cache as usize,
+            ..RedbOptions::default()
+        };
+        let store = RedbStore::open(&config.data_dir, &options)?;
+        Ok(Self { config, store })
+    }
+
+    pub fn store(&self) -> &RedbStore {
+        &self.store
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
+    /// requests in flight and the queued writes, and closes the store.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let path =
+            std::path::absolute(self.store.path()).unwrap_or_else(|_| self.store.path().to_owned());
+        tracing::info!(
+            keys = self.store.len().unwrap_or(0),
+            revision = self.store.revision(),
+            "kv-server listening on http://{addr}, data in {}",
+            path.display()
+        );
+        let state = http::AppState {
+            store: Arc::new(self.store.clone()) as Arc<dyn Store>,
+            metrics: Arc::new(metrics::Metrics::new("kv_server", "Keys stored")),
+            max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
+        };
+        let app = http::app(state, self.config.http.request_timeout);
+        serve::serve(listener, app, &self.config.http, shutdown).await;
+        self.store.close().await;
+        tracing::info!(
+            revision = self.store.revision(),
+            "kv-server stopped; store closed"
+        );
+    }
+}
+
+/// Installs the log subscriber: one line per event, `RUST_LOG` overrides the level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

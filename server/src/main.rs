@@ -1,0 +1,19 @@
+//! The `kv-server` program: parse the command line, open the store, serve.
+
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let config = kv_server::Config::parse();
+    kv_server::init_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listen = config.listen;
+        let server = kv_server::Server::open(config)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (is another program using that port? choose another with --listen)"))?;
+        server.serve(listener, kv_server::serve::shutdown_signal()).await;
+        Ok(())
+    })
+}

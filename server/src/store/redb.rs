@@ -1,0 +1,516 @@
+//! The embedded engine: one redb file, written by one thread that commits
+//! writers in groups.
+//!
+//! Group commit: every write is queued to the writer thread, which takes all
+//! the writes waiting, applies them in arrival order inside one transaction
+//! (each taking the next revision, each precondition checked against the
+//! writes before it) and commits once. Many writers thus share one fsync, and
+//! nobody is answered before that fsync returns.
+//!
+//! Fail-stop: after a failed commit the engine refuses every later write until
+//! the process restarts and redb recovers the file from its last good commit.
+//! Retrying an fsync that failed can report success for data the kernel
+//! already dropped (PostgreSQL's "fsyncgate"), so we never retry.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+
+use ::redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Entry, Scan, Store, StoreError, WriteOp, WriteOutcome};
+
+/// Key -> encoded record (see [`encode_record`]).
+const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Store-wide counters; `revision` is the last revision handed out.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+/// The database file inside `--data-dir`.
+pub const FILE_NAME: &str = "kv.redb";
+
+/// A group is cut at this many writes or bytes, so one commit stays bounded.
+const MAX_GROUP_OPS: usize = 4096;
+const MAX_GROUP_BYTES: usize = 64 << 20;
+/// Writers waiting beyond this many queue behind the channel (backpressure).
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// How the engine commits; see ARCHITECTURE.md for what each choice costs.
+#[derive(Debug, Clone)]
+pub struct RedbOptions {
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// Commit in two phases (two fsyncs) so that recovery never has to trust a
+    /// checksum over data a client chose. redb recommends it for untrusted input.
+    pub two_phase_commit: bool,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 256 << 20,
+            two_phase_commit: true,
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is already in use by another kv-server (or kv up); stop that one, \
+         or give this one its own --data-dir"
+    )]
+    AlreadyOpen { path: PathBuf },
+    #[error("cannot open the database {path}: {message}")]
+    Engine { path: PathBuf, message: String },
+}
+
+/// A cheap-clone handle on the open database and its writer thread.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Job>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// State the writer thread publishes to readers.
+struct Shared {
+    revision: AtomicU64,
+    /// Set once, at the first failed commit: the store is then fail-stopped.
+    failure: OnceLock<String>,
+}
+
+enum Job {
+    Write(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>),
+    Close,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `data_dir`, taking the file's lock.
+    pub fn open(data_dir: &Path, options: &RedbOptions) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let engine_err = |e: &dyn std::fmt::Display| OpenError::Engine {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|err| match err {
+                DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen { path: path.clone() },
+                other => engine_err(&other),
+            })?;
+        // Create the tables up front so that readers never meet a missing table.
+        let txn = db.begin_write().map_err(|e| engine_err(&e))?;
+        let revision = {
+            txn.open_table(DATA).map_err(|e| engine_err(&e))?;
+            let meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
+            let revision = meta
+                .get(REVISION)
+                .map_err(|e| engine_err(&e))?
+                .map(|g| g.value());
+            revision.unwrap_or(0)
+        };
+        txn.commit().map_err(|e| engine_err(&e))?;
+
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            revision: AtomicU64::new(revision),
+            failure: OnceLock::new(),
+        });
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let writer = {
+            let (db, shared, two_phase) = (db.clone(), shared.clone(), options.two_phase_commit);
+            thread::Builder::new()
+                .name("kv-writer".into())
+                .spawn(move || run_writer(&db, &shared, jobs, two_phase))
+                .map_err(|e| engine_err(&e))?
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                shared,
+                queue,
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Finishes the queued writes and stops the writer thread. The file itself
+    /// is closed when the last handle is dropped.
+    pub async fn close(&self) {
+        let _ = self.inner.queue.send(Job::Close).await;
+        let writer = self.inner.writer.lock().expect("writer handle lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+
+    fn read_txn(&self) -> Result<::redb::ReadTransaction, StoreError> {
+        self.inner.db.begin_read().map_err(unavailable)
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(DATA).map_err(unavailable)?;
+        let Some(record) = table.get(key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        Ok(Some(decode_record(key.to_owned(), record.value(), false)))
+    }
+
+    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(DATA).map_err(unavailable)?;
+        let start = match &scan.after {
+            Some(after) if after.as_str() >= scan.prefix.as_str() => {
+                std::ops::Bound::Excluded(after.as_str())
+            }
+            _ => std::ops::Bound::Included(scan.prefix.as_str()),
+        };
+        let range = table
+            .range::<&str>((start, std::ops::Bound::Unbounded))
+            .map_err(unavailable)?;
+        let mut entries = Vec::with_capacity(scan.limit.min(1024));
+        for item in range {
+            if entries.len() >= scan.limit {
+                break;
+            }
+            let (key, record) = item.map_err(unavailable)?;
+            let key = key.value();
+            if !key.starts_with(scan.prefix.as_str()) {
+                break;
+            }
+            entries.push(decode_record(
+                key.to_owned(),
+                record.value(),
+                scan.keys_only,
+            ));
+        }
+        Ok(entries)
+    }
+
+    fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(DATA).map_err(unavailable)?;
+        table.len().map_err(unavailable)
+    }
+
+    fn revision(&self) -> u64 {
+        self.inner.shared.revision.load(Ordering::Acquire)
+    }
+
+    fn healthy(&self) -> Result<(), StoreError> {
+        if let Some(failure) = self.inner.shared.failure.get() {
+            return Err(StoreError::Unavailable(failure.clone()));
+        }
+        self.read_txn().map(drop)
+    }
+
+    fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>> {
+        let queue = self.inner.queue.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Job::Write(op, reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// The writer thread: gather a group, apply it, commit once, answer everyone.
+fn run_writer(db: &Database, shared: &Shared, mut jobs: mpsc::Receiver<Job>, two_phase: bool) {
+    let mut closing = false;
+    while !closing {
+        let Some(first) = jobs.blocking_recv() else {
+            break;
+        };
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Close => closing = true,
+                Job::Write(op, reply) => {
+                    bytes += op_bytes(&op);
+                    group.push((op, reply));
+                }
+            }
+            if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
+                break;
+            }
+            next = jobs.try_recv().ok();
+        }
+        if group.is_empty() {
+            continue;
+        }
+        if let Some(failure) = shared.failure.get() {
+            for (_, reply) in group {
+                let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+            }
+            continue;
+        }
+        let start = shared.revision.load(Ordering::Acquire);
+        let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
+        match commit_group(db, &ops, start, two_phase) {
+            Ok((outcomes, last)) => {
+                shared.revision.store(last, Ordering::Release);
+                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(message) => {
+                tracing::error!(
+                    cause = %message,
+                    writes = group.len(),
+                    "commit failed; refusing all writes until kv-server is restarted"
+                );
+                let failure = shared.failure.get_or_init(|| {
+                    format!("a commit failed ({message}); restart kv-server to recover")
+                });
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+                }
+            }
+        }
+    }
+    jobs.close();
+    // Writes that raced with Close are refused, never silently dropped.
+    while let Ok(job) = jobs.try_recv() {
+        if let Job::Write(_, reply) = job {
+            let _ = reply.send(Err(StoreError::Closed));
+        }
+    }
+}
+
+fn op_bytes(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Put { key, value, .. } => key.len() + value.len(),
+        WriteOp::Delete { key, .. } => key.len(),
+    }
+}
+
+/// Applies a group in one transaction; returns each write's outcome and the
+/// last revision used. Any engine error fails the whole group.
+fn commit_group(
+    db: &Database,
+    ops: &[&WriteOp],
+    start: u64,
+    two_phase: bool,
+) -> Result<(Vec<WriteOutcome>, u64), String> {
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.set_two_phase_commit(two_phase);
+    let mut revision = start;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    {
+        let mut data = txn.open_table(DATA).map_err(|e| e.to_string())?;
+        for op in ops {
+            let key = match op {
+                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
+            };
+            let current = data
+                .get(key)
+                .map_err(|e| e.to_string())?
+                .map(|record| record_version(record.value()));
+            let outcome = match op {
+                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
+                    if !precondition.allows(current) =>
+                {
+                    WriteOutcome::PreconditionFailed { current }
+                }
+                WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
+                WriteOp::Delete { .. } => {
+                    revision += 1;
+                    data.remove(key).map_err(|e| e.to_string())?;
+                    WriteOutcome::Deleted { revision }
+                }
+                WriteOp::Put {
+                    value,
+                    content_type,
+                    ..
+                } => {
+                    revision += 1;
+                    let record = encode_record(revision, content_type, value);
+                    data.insert(key, record.as_slice())
+                        .map_err(|e| e.to_string())?;
+                    WriteOutcome::Stored {
+                        revision,
+                        created: current.is_none(),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+    }
+    if revision == start {
+        // Only refused writes: nothing to make durable.
+        txn.abort().map_err(|e| e.to_string())?;
+    } else {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        meta.insert(REVISION, revision).map_err(|e| e.to_string())?;
+        drop(meta);
+        txn.commit().map_err(|e| e.to_string())?;
+    }
+    Ok((outcomes, revision))
+}
+
+/// A record is `version: u64 LE | content-type length: u8 | content type | value`.
+fn encode_record(version: u64, content_type: &str, value: &[u8]) -> Vec<u8> {
+    let content_type = &content_type.as_bytes()[..content_type.len().min(255)];
+    let mut record = Vec::with_capacity(9 + content_type.len() + value.len());
+    record.extend_from_slice(&version.to_le_bytes());
+    record.push(content_type.len() as u8);
+    record.extend_from_slice(content_type);
+    record.extend_from_slice(value);
+    record
+}
+
+fn record_version(record: &[u8]) -> u64 {
+    u64::from_le_bytes(record[..8].try_into().expect("record header"))
+}
+
+fn decode_record(key: String, record: &[u8], keys_only: bool) -> Entry {
+    let version = record_version(record);
+    let type_len = usize::from(record[8]);
+    let content_type = String::from_utf8_lossy(&record[9..9 + type_len]).into_owned();
+    let value = if keys_only {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&record[9 + type_len..])
+    };
+    Entry {
+        key,
+        value,
+        content_type,
+        version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Condition, Precondition};
+
+    fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_owned()),
+            content_type: "text/plain".into(),
+            precondition: Precondition::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_survive_reopen_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        assert_eq!(
+            store.write(put("a", "1")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 1,
+                created: true
+            }
+        );
+        assert_eq!(
+            store.write(put("a", "2")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 2,
+                created: false
+            }
+        );
+        let delete = WriteOp::Delete {
+            key: "a".into(),
+            precondition: Precondition::default(),
+        };
+        assert_eq!(
+            store.write(delete).await.unwrap(),
+            WriteOutcome::Deleted { revision: 3 }
+        );
+        store.close().await;
+        drop(store);
+
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        assert_eq!(store.revision(), 3);
+        assert_eq!(
+            store.write(put("b", "x")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 4,
+                created: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_sees_its_own_earlier_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        let create_only = |v: &str| WriteOp::Put {
+            key: "k".into(),
+            value: Bytes::from(v.to_owned()),
+            content_type: String::new(),
+            precondition: Precondition {
+                if_match: Condition::None,
+                if_none_match: Condition::Any,
+            },
+        };
+        let results = futures_util::future::join_all(
+            (0..50).map(|i| store.write(create_only(&i.to_string()))),
+        )
+        .await;
+        let stored = results
+            .iter()
+            .filter(|r| matches!(r, Ok(WriteOutcome::Stored { .. })))
+            .count();
+        assert_eq!(
+            stored, 1,
+            "exactly one create-if-absent may win: {results:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        let second = RedbStore::open(dir.path(), &RedbOptions::default());
+        assert!(matches!(second, Err(OpenError::AlreadyOpen { .. })));
+    }
+}
