@@ -1,1 +1,92 @@
+//! kv-proxy: a caching reverse proxy for kv-server, and its telnet adapter.
+//!
+//! # Layout
+//! - [`config`]: the command line (`--listen`, `--upstream`, `--cache-ttl`...).
+//! - [`forward`]: the reqwest client that talks to the upstream kv-server.
+//! - [`cache`]: the moka cache, its freshness and its ordering rule against stale fills.
+//! - [`proxy`]: the operations (read-through GET, write-then-invalidate) both fronts share.
+//! - [`http`]: the HTTP front, the same API as kv-server plus `X-Cache` and `Age`.
+//! - [`telnet`]: the line protocol: framing, commands, sessions.
 
+pub mod cache;
+pub mod config;
+pub mod forward;
+pub mod http;
+pub mod proxy;
+pub mod telnet;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kv_server::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A configured proxy, not yet listening.
+pub struct ProxyServer {
+    config: Config,
+    proxy: proxy::Proxy,
+    metrics: Arc<Metrics>,
+}
+
+impl ProxyServer {
+    /// Builds the cache and the upstream client; fails on a malformed `--upstream`.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let forward = forward::Forward::new(&config.upstream, config.upstream_timeout, None)?;
+        let cache = cache::Cache::new(cache::CacheConfig {
+            ttl: config.cache_ttl,
+            stale_if_error: config.stale_if_error,
+            max_bytes: config.cache_max_bytes,
+        });
+        let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
+        cache.counters.register(metrics.registry_mut());
+        Ok(Self {
+            config,
+            proxy: proxy::Proxy::new(cache, forward),
+            metrics: Arc::new(metrics),
+        })
+    }
+
+    /// Serves HTTP (and telnet, when given a listener) until `shutdown` resolves.
+    pub async fn serve(self, http: TcpListener, telnet: Option<TcpListener>, shutdown: impl Future<Output = ()>) {
+        let addr = http.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        tracing::info!(
+            ttl = %humantime::format_duration(self.config.cache_ttl),
+            max_bytes = self.config.cache_max_bytes,
+            "kv-proxy listening on http://{addr}, forwarding to {}",
+            self.proxy.forward.upstream()
+        );
+        let cancel = CancellationToken::new();
+        let telnet_task = telnet.map(|listener| {
+            let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+            tracing::info!(
+                "telnet adapter listening on {addr} (try: telnet {})",
+                addr.replace(':', " ")
+            );
+            tokio::spawn(telnet::serve(
+                listener,
+                self.proxy.clone(),
+                self.config.telnet.clone(),
+                cancel.clone(),
+            ))
+        });
+        let state = http::ProxyState {
+            proxy: self.proxy.clone(),
+            metrics: self.metrics.clone(),
+            max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
+        };
+        let app = http::app(state, self.config.http.request_timeout);
+        let stop = async {
+            shutdown.await;
+            cancel.cancel();
+        };
+        kv_server::serve::serve(http, app, &self.config.http, stop).await;
+        cancel.cancel();
+        if let Some(task) = telnet_task {
+            let _ = task.await;
+        }
+        tracing::info!("kv-proxy stopped");
+    }
+}

@@ -1,1 +1,27 @@
-fn main() {}
+//! The `kv-proxy` program: parse the command line, bind, serve.
+
+use anyhow::Context;
+use clap::Parser;
+use kv_proxy::config::Listen;
+
+fn main() -> anyhow::Result<()> {
+    let config = kv_proxy::Config::parse();
+    kv_server::init_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let http = bind(config.listen, "--listen").await?;
+        let telnet = match config.telnet_listen {
+            Listen::On(addr) => Some(bind(addr, "--telnet-listen").await?),
+            Listen::Off => None,
+        };
+        let proxy = kv_proxy::ProxyServer::new(config).map_err(anyhow::Error::msg)?;
+        proxy.serve(http, telnet, kv_server::serve::shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another program using that port? choose another with {flag})")
+    })
+}

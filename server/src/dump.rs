@@ -40,9 +40,8 @@ impl Item {
                 Err(_) => (None, Some(BASE64.encode(&entry.value))),
             }
         };
-        let content_type = (entry.content_type != DEFAULT_CONTENT_TYPE
-            && !entry.content_type.is_empty())
-        .then(|| entry.content_type.clone());
+        let content_type = (entry.content_type != DEFAULT_CONTENT_TYPE && !entry.content_type.is_empty())
+            .then(|| entry.content_type.clone());
         Self {
             key: entry.key.clone(),
             value,
@@ -59,12 +58,8 @@ impl Item {
             (None, Some(encoded)) => BASE64
                 .decode(encoded)
                 .map_err(|err| format!("value_base64 is not valid base64: {err}")),
-            (Some(_), Some(_)) => {
-                Err("an item has both \"value\" and \"value_base64\"; keep one".into())
-            }
-            (None, None) => {
-                Err("an item needs \"value\" (text) or \"value_base64\" (bytes)".into())
-            }
+            (Some(_), Some(_)) => Err("an item has both \"value\" and \"value_base64\"; keep one".into()),
+            (None, None) => Err("an item needs \"value\" (text) or \"value_base64\" (bytes)".into()),
         }
     }
 }
@@ -98,11 +93,7 @@ impl Format {
             let mut parts = range.split(';');
             let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = parts
-                .filter_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.trim().parse::<f32>().ok())
-                })
+                .filter_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()))
                 .next()
                 .unwrap_or(1.0);
             let format = match media.as_str() {
@@ -131,8 +122,7 @@ impl Format {
 
 /// One NDJSON line, newline included.
 pub fn ndjson_line(entry: &Entry, keys_only: bool) -> Vec<u8> {
-    let mut line =
-        serde_json::to_vec(&Item::from_entry(entry, keys_only)).expect("an item serialises");
+    let mut line = serde_json::to_vec(&Item::from_entry(entry, keys_only)).expect("an item serialises");
     line.push(b'\n');
     line
 }
@@ -154,13 +144,7 @@ pub fn text_line(entry: &Entry, keys_only: bool) -> String {
 const HTML_VALUE_PREVIEW: usize = 2048;
 
 /// The browser listing: a prefix filter, a table, and a link to the next page.
-pub fn html_page(
-    entries: &[Entry],
-    prefix: &str,
-    limit: usize,
-    next: Option<&str>,
-    total_keys: Option<u64>,
-) -> String {
+pub fn html_page(entries: &[Entry], prefix: &str, limit: usize, next: Option<&str>, total_keys: Option<u64>) -> String {
     let mut page = String::with_capacity(4096 + entries.len() * 128);
     page.push_str(concat!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -191,9 +175,7 @@ pub fn html_page(
             let _ = writeln!(page, "<p class=\"muted\">{} shown here.</p>", entries.len());
         }
     }
-    page.push_str(
-        "<table><thead><tr><th>Key</th><th>Value</th><th>Version</th></tr></thead><tbody>\n",
-    );
+    page.push_str("<table><thead><tr><th>Key</th><th>Value</th><th>Version</th></tr></thead><tbody>\n");
     for entry in entries {
         let value = match std::str::from_utf8(&entry.value) {
             Ok(text) if text.len() > HTML_VALUE_PREVIEW => {
@@ -280,15 +262,10 @@ mod tests {
         assert_eq!(Format::negotiate(None), Some(Format::Json));
         assert_eq!(Format::negotiate(Some("*/*")), Some(Format::Json));
         assert_eq!(
-            Format::negotiate(Some(
-                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-            )),
+            Format::negotiate(Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")),
             Some(Format::Html)
         );
-        assert_eq!(
-            Format::negotiate(Some("application/x-ndjson")),
-            Some(Format::Ndjson)
-        );
+        assert_eq!(Format::negotiate(Some("application/x-ndjson")), Some(Format::Ndjson));
         assert_eq!(Format::negotiate(Some("text/plain")), Some(Format::Text));
         assert_eq!(
             Format::negotiate(Some("text/plain;q=0.5, application/json")),
@@ -313,10 +290,7 @@ mod tests {
     #[test]
     fn html_escapes_keys_and_values() {
         let page = html_page(
-            &[entry(
-                "<script>alert(1)</script>",
-                b"\"><img src=x onerror=alert(1)>",
-            )],
+            &[entry("<script>alert(1)</script>", b"\"><img src=x onerror=alert(1)>")],
             "",
             10,
             None,

@@ -51,18 +51,12 @@ impl ApiError {
     /// 412: `If-Match` / `If-None-Match` did not hold.
     pub fn precondition_failed(key: &str, current: Option<u64>) -> Self {
         let message = match current {
-            Some(version) => format!(
-                "the key '{key}' is at version {version}, which the precondition does not allow"
-            ),
+            Some(version) => format!("the key '{key}' is at version {version}, which the precondition does not allow"),
             None => {
                 format!("the key '{key}' does not exist, which the precondition does not allow")
             }
         };
-        Self::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            message,
-        )
+        Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message)
     }
 
     /// 413: the body is larger than `--max-value-bytes`.
@@ -96,11 +90,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Unavailable(ref cause) => {
                 tracing::error!(cause = %cause, "store unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    err.to_string(),
-                )
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", err.to_string())
             }
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -46,7 +46,7 @@ pub struct AppState {
 
 /// The router, built in a plain function so tests can drive it without a socket.
 pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/kv", get(dump))
         .route("/kv/", get(get_key).put(put_key).delete(delete_key))
         .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
@@ -56,7 +56,18 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
-        ))
+        ));
+    common_layers(routes, request_timeout).with_state(state)
+}
+
+/// What every kv HTTP front puts around its routes: JSON answers for unknown
+/// routes and methods, request and body timeouts (408), `nosniff`, and a 500
+/// instead of a dropped connection should a handler ever panic.
+pub fn common_layers<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    request_timeout: std::time::Duration,
+) -> Router<S> {
+    routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestBodyTimeoutLayer::new(request_timeout))
@@ -73,11 +84,10 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "internal error; the server logged it",
+                "internal error; the program logged it",
             )
             .into_response()
         }))
-        .with_state(state)
 }
 
 /// The key a request names, decoded from the raw path (never from a
@@ -93,15 +103,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-async fn get_key(
-    State(state): State<AppState>,
-    Key(key): Key,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let entry = state
-        .store
-        .get(&key)?
-        .ok_or_else(|| ApiError::key_not_found(&key))?;
+async fn get_key(State(state): State<AppState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
+    let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
     let not_modified = match &if_none_match {
         Condition::None => false,
@@ -118,8 +121,8 @@ pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     if not_modified {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    let content_type = HeaderValue::from_str(&entry.content_type)
-        .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+    let content_type =
+        HeaderValue::from_str(&entry.content_type).unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
     let mut response = Response::new(Body::from(entry.value.clone()));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
@@ -132,11 +135,7 @@ pub fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
 }
 
-async fn put_key(
-    State(state): State<AppState>,
-    Key(key): Key,
-    request: Request,
-) -> Result<Response, ApiError> {
+async fn put_key(State(state): State<AppState>, Key(key): Key, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let precondition = precondition(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
@@ -149,11 +148,7 @@ async fn put_key(
     };
     match state.store.write(op).await? {
         WriteOutcome::Stored { revision, created } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             let body = serde_json::json!({ "key": key, "version": revision });
             let mut response = (status, axum::Json(body)).into_response();
             let headers = response.headers_mut();
@@ -166,18 +161,12 @@ async fn put_key(
             }
             Ok(response)
         }
-        WriteOutcome::PreconditionFailed { current } => {
-            Err(ApiError::precondition_failed(&key, current))
-        }
+        WriteOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
         other => unreachable!("a put cannot end as {other:?}"),
     }
 }
 
-async fn delete_key(
-    State(state): State<AppState>,
-    Key(key): Key,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn delete_key(State(state): State<AppState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
     let op = WriteOp::Delete {
         key: key.clone(),
         precondition: precondition(&headers)?,
@@ -189,20 +178,13 @@ async fn delete_key(
         )
             .into_response()),
         WriteOutcome::NotFound => Err(ApiError::key_not_found(&key)),
-        WriteOutcome::PreconditionFailed { current } => {
-            Err(ApiError::precondition_failed(&key, current))
-        }
+        WriteOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
         WriteOutcome::Stored { .. } => unreachable!("a delete cannot store"),
     }
 }
 
 /// Reads a PUT body, refusing it as soon as it is known to be too large.
-async fn read_body(
-    headers: &HeaderMap,
-    version: Version,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(length) => {
             let length: u64 = length
@@ -350,10 +332,7 @@ async fn dump(
                 None
             };
             if format == Format::Json {
-                let items = entries
-                    .iter()
-                    .map(|e| dump::Item::from_entry(e, keys_only))
-                    .collect();
+                let items = entries.iter().map(|e| dump::Item::from_entry(e, keys_only)).collect();
                 Ok((content_type, axum::Json(dump::Page { items, next })).into_response())
             } else {
                 let total = state.store.len().ok();
@@ -404,9 +383,7 @@ fn stream_entries(
             let mut out = Vec::with_capacity(entries.len() * 64);
             for entry in &entries {
                 match format {
-                    Format::Text => {
-                        out.extend_from_slice(dump::text_line(entry, scan.keys_only).as_bytes())
-                    }
+                    Format::Text => out.extend_from_slice(dump::text_line(entry, scan.keys_only).as_bytes()),
                     _ => out.extend_from_slice(&dump::ndjson_line(entry, scan.keys_only)),
                 }
             }
@@ -420,18 +397,12 @@ fn stream_entries(
 
 async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.store.healthy()?;
-    Ok(
-        axum::Json(serde_json::json!({ "status": "ok", "revision": state.store.revision() }))
-            .into_response(),
-    )
+    Ok(axum::Json(serde_json::json!({ "status": "ok", "revision": state.store.revision() })).into_response())
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {
     if let Ok(keys) = state.store.len() {
-        state
-            .metrics
-            .keys
-            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        state.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
     metrics::exposition(&state.metrics)
 }

@@ -50,10 +50,7 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong(key.len()));
     }
-    if key
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if key.split('/').any(|segment| segment == "." || segment == "..") {
         return Err(KeyError::DotSegment);
     }
     Ok(())
@@ -96,10 +93,7 @@ mod tests {
         assert_eq!(decode_path("/kv/%2e%2e"), Err(KeyError::DotSegment));
         assert_eq!(decode_path("/kv/a/./b"), Err(KeyError::DotSegment));
         let long = format!("/kv/{}", "x".repeat(MAX_KEY_BYTES + 1));
-        assert_eq!(
-            decode_path(&long),
-            Err(KeyError::TooLong(MAX_KEY_BYTES + 1))
-        );
+        assert_eq!(decode_path(&long), Err(KeyError::TooLong(MAX_KEY_BYTES + 1)));
         assert!(decode_path(&format!("/kv/{}", "x".repeat(MAX_KEY_BYTES))).is_ok());
     }
 

@@ -54,11 +54,8 @@ impl Server {
     /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
     /// requests in flight and the queued writes, and closes the store.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string());
-        let path =
-            std::path::absolute(self.store.path()).unwrap_or_else(|_| self.store.path().to_owned());
+        let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        let path = std::path::absolute(self.store.path()).unwrap_or_else(|_| self.store.path().to_owned());
         tracing::info!(
             keys = self.store.len().unwrap_or(0),
             revision = self.store.revision(),
@@ -73,10 +70,7 @@ impl Server {
         let app = http::app(state, self.config.http.request_timeout);
         serve::serve(listener, app, &self.config.http, shutdown).await;
         self.store.close().await;
-        tracing::info!(
-            revision = self.store.revision(),
-            "kv-server stopped; store closed"
-        );
+        tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");
     }
 }
 

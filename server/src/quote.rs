@@ -117,8 +117,7 @@ pub fn parse_quoted(input: &[u8]) -> Result<(Vec<u8>, usize), QuoteError> {
                     b'x' => {
                         let hex = input.get(i..i + 2).ok_or(QuoteError::BadHexEscape)?;
                         let hex = std::str::from_utf8(hex).map_err(|_| QuoteError::BadHexEscape)?;
-                        let byte =
-                            u8::from_str_radix(hex, 16).map_err(|_| QuoteError::BadHexEscape)?;
+                        let byte = u8::from_str_radix(hex, 16).map_err(|_| QuoteError::BadHexEscape)?;
                         out.push(byte);
                         i += 2;
                     }
@@ -160,10 +159,7 @@ mod tests {
         assert_eq!(render_value(b"= x"), "\"= x\"");
         assert_eq!(render_value(b"\x1b[31mred"), "\"\\x1b[31mred\"");
         assert_eq!(render_value(&[0xff, b'a']), "\"\\xffa\"");
-        assert_eq!(
-            render_value("a\u{2028}b".as_bytes()),
-            "\"a\\xe2\\x80\\xa8b\""
-        );
+        assert_eq!(render_value("a\u{2028}b".as_bytes()), "\"a\\xe2\\x80\\xa8b\"");
         assert_eq!(render_key("my key"), "\"my key\"");
     }
 
@@ -171,12 +167,7 @@ mod tests {
     fn quoting_round_trips_every_byte() {
         let all: Vec<u8> = (0..=255u8).collect();
         assert_eq!(unquote(&quote(&all)), all);
-        for sample in [
-            &b"say \"hi\"\\"[..],
-            b"tab\there",
-            "ünï".as_bytes(),
-            b"\r\n",
-        ] {
+        for sample in [&b"say \"hi\"\\"[..], b"tab\there", "ünï".as_bytes(), b"\r\n"] {
             assert_eq!(unquote(&quote(sample)), sample);
         }
     }

@@ -57,12 +57,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests in
 /// flight finish (for up to ten seconds) and returns.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: &HttpLimits,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shutdown: impl Future<Output = ()>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -112,27 +107,21 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections were still busy after {SHUTDOWN_GRACE:?}; closing them");
     }
 }
 
 /// Tells a client over the connection cap why it is being turned away.
 async fn refuse(mut stream: TcpStream) {
-    const BODY: &str = r#"{"error":"too_many_connections","message":"the server has too many open connections; retry shortly"}"#;
+    const BODY: &str =
+        r#"{"error":"too_many_connections","message":"the server has too many open connections; retry shortly"}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          retry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
     let _ = stream.shutdown().await;
 }
 

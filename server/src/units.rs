@@ -7,9 +7,7 @@ use std::time::Duration;
 /// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000); case does not matter.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()

@@ -17,10 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
-use ::redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use ::redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -66,10 +63,7 @@ impl Default for RedbOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create the data directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error(
         "{path} is already in use by another kv-server (or kv up); stop that one, \
          or give this one its own --data-dir"
@@ -129,10 +123,7 @@ impl RedbStore {
         let revision = {
             txn.open_table(DATA).map_err(|e| engine_err(&e))?;
             let meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
-            let revision = meta
-                .get(REVISION)
-                .map_err(|e| engine_err(&e))?
-                .map(|g| g.value());
+            let revision = meta.get(REVISION).map_err(|e| engine_err(&e))?.map(|g| g.value());
             revision.unwrap_or(0)
         };
         txn.commit().map_err(|e| engine_err(&e))?;
@@ -195,9 +186,7 @@ impl Store for RedbStore {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let start = match &scan.after {
-            Some(after) if after.as_str() >= scan.prefix.as_str() => {
-                std::ops::Bound::Excluded(after.as_str())
-            }
+            Some(after) if after.as_str() >= scan.prefix.as_str() => std::ops::Bound::Excluded(after.as_str()),
             _ => std::ops::Bound::Included(scan.prefix.as_str()),
         };
         let range = table
@@ -213,11 +202,7 @@ impl Store for RedbStore {
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
             }
-            entries.push(decode_record(
-                key.to_owned(),
-                record.value(),
-                scan.keys_only,
-            ));
+            entries.push(decode_record(key.to_owned(), record.value(), scan.keys_only));
         }
         Ok(entries)
     }
@@ -304,9 +289,9 @@ fn run_writer(db: &Database, shared: &Shared, mut jobs: mpsc::Receiver<Job>, two
                     writes = group.len(),
                     "commit failed; refusing all writes until kv-server is restarted"
                 );
-                let failure = shared.failure.get_or_init(|| {
-                    format!("a commit failed ({message}); restart kv-server to recover")
-                });
+                let failure = shared
+                    .failure
+                    .get_or_init(|| format!("a commit failed ({message}); restart kv-server to recover"));
                 for (_, reply) in group {
                     let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
                 }
@@ -364,14 +349,11 @@ fn commit_group(
                     WriteOutcome::Deleted { revision }
                 }
                 WriteOp::Put {
-                    value,
-                    content_type,
-                    ..
+                    value, content_type, ..
                 } => {
                     revision += 1;
                     let record = encode_record(revision, content_type, value);
-                    data.insert(key, record.as_slice())
-                        .map_err(|e| e.to_string())?;
+                    data.insert(key, record.as_slice()).map_err(|e| e.to_string())?;
                     WriteOutcome::Stored {
                         revision,
                         created: current.is_none(),
@@ -492,18 +474,12 @@ mod tests {
                 if_none_match: Condition::Any,
             },
         };
-        let results = futures_util::future::join_all(
-            (0..50).map(|i| store.write(create_only(&i.to_string()))),
-        )
-        .await;
+        let results = futures_util::future::join_all((0..50).map(|i| store.write(create_only(&i.to_string())))).await;
         let stored = results
             .iter()
             .filter(|r| matches!(r, Ok(WriteOutcome::Stored { .. })))
             .count();
-        assert_eq!(
-            stored, 1,
-            "exactly one create-if-absent may win: {results:?}"
-        );
+        assert_eq!(stored, 1, "exactly one create-if-absent may win: {results:?}");
     }
 
     #[test]

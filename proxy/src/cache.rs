@@ -1,0 +1,241 @@
+//! The GET cache: moka, bounded by bytes, entries fresh for `--cache-ttl`.
+//!
+//! Ordering rule: every change to an entry after a miss or a write goes
+//! through moka's per-key `and_compute_with`, which runs one closure per key
+//! at a time. A fill reads the upstream *inside* that closure, and a write's
+//! invalidation runs its own closure once the upstream has acknowledged it. So
+//! a slow fill that read the old value either finishes first (and the
+//! invalidation then drops what it inserted) or starts after (and reads the new
+//! value): the stale-fill race (guava#1881, moka's `invalidate` caveat) cannot
+//! put an old value back. Revisions decide the rest: an invalidation keeps an
+//! entry only if it is already at least as new as the write.
+//!
+//! Freshness is ours, not moka's: moka keeps an entry for TTL plus the
+//! `--stale-if-error` window, and we serve it as fresh only while younger than
+//! the TTL. The older ones are kept only to be served, marked STALE, when the
+//! upstream fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use moka::future::Cache as Moka;
+use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+
+/// One cached value, with what its response needs prebuilt.
+#[derive(Debug)]
+pub struct Cached {
+    pub value: Bytes,
+    pub content_type: HeaderValue,
+    pub etag: HeaderValue,
+    pub version: u64,
+    pub stored_at: Instant,
+}
+
+impl Cached {
+    pub fn new(value: Bytes, content_type: HeaderValue, version: u64) -> Self {
+        Self {
+            value,
+            content_type,
+            etag: kv_server::http::etag(version),
+            version,
+            stored_at: Instant::now(),
+        }
+    }
+
+    /// Bytes this entry costs: key, value, headers and bookkeeping.
+    fn weight(&self, key: &str) -> u32 {
+        let bytes = key.len() + self.value.len() + self.content_type.len() + self.etag.len() + 96;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// How a GET was answered, for `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Stale => "STALE",
+        }
+    }
+}
+
+/// The cache's counters, exported on `/metrics` and by `STATS`.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stale: Counter,
+    pub evictions: Counter,
+    pub expirations: Counter,
+    pub upstream_requests: Counter,
+    pub upstream_errors: Counter,
+}
+
+impl Counters {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("cache_hits", "GETs answered from the cache", self.hits.clone());
+        registry.register("cache_misses", "GETs that had to ask the upstream", self.misses.clone());
+        registry.register(
+            "cache_stale",
+            "Expired entries served because the upstream failed",
+            self.stale.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Entries evicted to stay under --cache-max-bytes",
+            self.evictions.clone(),
+        );
+        registry.register("cache_expirations", "Entries dropped for age", self.expirations.clone());
+        registry.register(
+            "upstream_requests",
+            "Requests sent to the upstream kv-server",
+            self.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream requests that failed or timed out",
+            self.upstream_errors.clone(),
+        );
+    }
+}
+
+/// What the cache was built with.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub stale_if_error: Duration,
+    pub max_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    entries: Moka<String, Arc<Cached>>,
+    config: CacheConfig,
+    pub counters: Counters,
+}
+
+/// The result of [`Cache::fill`].
+pub enum Filled {
+    /// The key has this value (fetched now, or by the fill we waited behind).
+    Value(Arc<Cached>),
+    /// The upstream has no such key.
+    Absent,
+}
+
+impl Cache {
+    pub fn new(config: CacheConfig) -> Self {
+        let counters = Counters::default();
+        let listener = {
+            let counters = counters.clone();
+            move |_key: Arc<String>, _value: Arc<Cached>, cause: RemovalCause| match cause {
+                RemovalCause::Size => {
+                    counters.evictions.inc();
+                }
+                RemovalCause::Expired => {
+                    counters.expirations.inc();
+                }
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            }
+        };
+        let entries = Moka::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, value: &Arc<Cached>| value.weight(key))
+            .time_to_live(config.ttl + config.stale_if_error)
+            .eviction_listener(listener)
+            .build();
+        Self {
+            entries,
+            config,
+            counters,
+        }
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The entry for `key` if it is younger than the TTL: the hit path.
+    pub async fn fresh(&self, key: &str) -> Option<Arc<Cached>> {
+        self.entries.get(key).await.filter(|entry| self.is_fresh(entry))
+    }
+
+    /// The entry for `key` if it expired less than `--stale-if-error` ago.
+    pub async fn stale(&self, key: &str) -> Option<Arc<Cached>> {
+        if self.config.stale_if_error.is_zero() {
+            return None;
+        }
+        self.entries.get(key).await
+    }
+
+    /// Fills `key` on a miss. `fetch` runs under the key's lock, so concurrent
+    /// misses make one upstream request: the others wait, then find it fresh.
+    pub async fn fill<F, Fut, E>(&self, key: &str, fetch: F) -> Result<Filled, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Cached>, E>>,
+        E: Send + Sync + 'static,
+    {
+        let this = self.clone();
+        let result = self
+            .entries
+            .entry(key.to_owned())
+            .and_try_compute_with(|current| async move {
+                if let Some(current) = current {
+                    if this.is_fresh(current.value()) {
+                        return Ok(Op::Nop);
+                    }
+                }
+                Ok(match fetch().await? {
+                    Some(fetched) => Op::Put(Arc::new(fetched)),
+                    None => Op::Remove,
+                })
+            })
+            .await?;
+        Ok(match result {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) | CompResult::Unchanged(entry) => {
+                Filled::Value(entry.into_value())
+            }
+            CompResult::StillNone(_) | CompResult::Removed(_) => Filled::Absent,
+        })
+    }
+
+    /// Called once the upstream has answered a write (or failed to): drops the
+    /// entry unless it is already at least as new as `revision`. Without a
+    /// revision (the outcome is unknown) the entry is dropped.
+    pub async fn invalidate(&self, key: &str, revision: Option<u64>) {
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let op = match (current, revision) {
+                    (Some(entry), Some(revision)) if entry.value().version >= revision => Op::Nop,
+                    (Some(_), _) => Op::Remove,
+                    (None, _) => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
+    /// Entries and weighted bytes, after moka's pending housekeeping.
+    pub async fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks().await;
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    fn is_fresh(&self, entry: &Cached) -> bool {
+        entry.stored_at.elapsed() < self.config.ttl
+    }
+}

@@ -1,0 +1,117 @@
+//! The command line and environment of `kv-proxy`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kv_server::serve::HttpLimits;
+use kv_server::units::{parse_duration, parse_size};
+
+/// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
+///
+/// Clients talk to the proxy exactly as to the server; repeated GETs are
+/// answered from memory for up to --cache-ttl. A write through the proxy is
+/// seen at once by every later read through it.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "kv-proxy", version, max_term_width = 100)]
+pub struct Config {
+    /// Address and port to serve HTTP on.
+    #[arg(long, env = "KV_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL of the kv-server to forward to.
+    #[arg(long, env = "KV_UPSTREAM", default_value = "http://127.0.0.1:7000")]
+    pub upstream: String,
+
+    /// Address and port for the telnet line protocol (PUT/GET/DEL/DUMP), or "off".
+    #[arg(long, env = "KV_TELNET_LISTEN", default_value = "127.0.0.1:2323", value_parser = parse_listen)]
+    pub telnet_listen: Listen,
+
+    /// How long a cached GET stays fresh, like 500ms, 2s or 1m.
+    #[arg(long, env = "KV_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Memory the cache may use, counting keys, values and headers, like 64MiB.
+    #[arg(long, env = "KV_CACHE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub cache_max_bytes: u64,
+
+    /// How long to wait for the upstream before answering 504.
+    #[arg(long, env = "KV_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// When the upstream fails, serve an entry that expired less than this long
+    /// ago, marked X-Cache: STALE. 0 (the default) never serves stale values.
+    #[arg(long, env = "KV_STALE_IF_ERROR", default_value = "0s", value_parser = parse_duration)]
+    pub stale_if_error: Duration,
+
+    /// The largest value a PUT may carry (the server has its own limit too).
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_value_bytes: u64,
+
+    #[command(flatten)]
+    pub telnet: TelnetLimits,
+
+    #[command(flatten)]
+    pub http: HttpLimits,
+}
+
+/// Limits of the telnet adapter.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelnetLimits {
+    /// The longest command line, in bytes. The default leaves room for a 1 MiB
+    /// value written entirely in \xHH escapes.
+    #[arg(long, env = "KV_TELNET_MAX_LINE", default_value = "4100KiB", value_parser = parse_size)]
+    pub telnet_max_line: u64,
+
+    /// Close a telnet connection that sends nothing for this long.
+    #[arg(long, env = "KV_TELNET_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub telnet_idle_timeout: Duration,
+
+    /// The most telnet connections at once; more are told so and closed.
+    #[arg(long, env = "KV_TELNET_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub telnet_max_connections: usize,
+}
+
+impl Default for TelnetLimits {
+    fn default() -> Self {
+        Self {
+            telnet_max_line: 4100 << 10,
+            telnet_idle_timeout: Duration::from_secs(300),
+            telnet_max_connections: 1024,
+        }
+    }
+}
+
+/// A listener address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    match text.trim() {
+        "off" | "none" | "" => Ok(Listen::Off),
+        addr => addr
+            .parse()
+            .map(Listen::On)
+            .map_err(|_| format!("'{addr}' is not an address like 127.0.0.1:2323 (or \"off\")")),
+    }
+}
+
+impl Config {
+    /// The defaults, for embedding (`kv up`) and tests.
+    pub fn with_upstream(upstream: String) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream,
+            telnet_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 2323))),
+            cache_ttl: Duration::from_secs(60),
+            cache_max_bytes: 256 << 20,
+            upstream_timeout: Duration::from_secs(5),
+            stale_if_error: Duration::ZERO,
+            max_value_bytes: 1 << 20,
+            telnet: TelnetLimits::default(),
+            http: HttpLimits::default(),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Talking to the upstream kv-server with reqwest: pooled keep-alive
+//! connections, bounded time, and requests rebuilt from what we decoded.
+//!
+//! The upstream URL is always built from the decoded key with the same
+//! encoding the server decodes ([`kv_server::key::encode_path`]), never from
+//! the raw incoming path, so that a path the proxy understood one way cannot
+//! reach the server meaning another. Only the headers the API defines are
+//! copied across; hop-by-hop headers and framing are never forwarded, and the
+//! body is re-framed with its own length (no request smuggling through us).
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+
+/// Why the upstream did not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Connection refused, reset, or a malformed answer: 502.
+    #[error("the upstream kv-server at {upstream} cannot be reached: {cause}")]
+    Unavailable { upstream: String, cause: String },
+    /// No answer within `--upstream-timeout`: 504.
+    #[error("the upstream kv-server at {upstream} did not answer within {timeout:?}")]
+    Timeout { upstream: String, timeout: Duration },
+}
+
+/// A value read from the upstream.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub value: Bytes,
+    pub content_type: HeaderValue,
+    pub version: u64,
+}
+
+/// An upstream answer passed through to the client as it came.
+#[derive(Debug)]
+pub struct Passed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Passed {
+    /// The revision a successful write took (`X-Kv-Revision`).
+    pub fn revision(&self) -> Option<u64> {
+        self.headers
+            .get(&kv_server::http::X_KV_REVISION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// The result of reading one key.
+#[derive(Debug)]
+pub enum Read {
+    Found(Fetched),
+    NotFound,
+    /// Any other answer (503 from a failed store, say): passed through, never cached.
+    Other(Passed),
+}
+
+/// Headers of an upstream answer that the client should see.
+const PASSED_HEADERS: [HeaderName; 8] = [
+    header::CONTENT_TYPE,
+    header::ETAG,
+    header::LOCATION,
+    header::CACHE_CONTROL,
+    header::CONTENT_SECURITY_POLICY,
+    header::ALLOW,
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-kv-revision"),
+];
+
+/// Request headers a client may send that the upstream needs.
+const FORWARDED_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::ACCEPT,
+];
+
+#[derive(Clone)]
+pub struct Forward {
+    client: reqwest::Client,
+    base: String,
+    timeout: Duration,
+    token: Option<HeaderValue>,
+}
+
+impl Forward {
+    /// `upstream` is the server's base URL, like `http://127.0.0.1:7000`.
+    pub fn new(upstream: &str, timeout: Duration, token: Option<&str>) -> Result<Self, String> {
+        let base = upstream.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base).map_err(|err| format!("--upstream '{upstream}' is not a URL: {err}"))?;
+        if url.scheme() != "http" {
+            return Err(format!("--upstream '{upstream}' must be an http:// URL"));
+        }
+        if url.path() != "/" || url.query().is_some() {
+            return Err(format!(
+                "--upstream '{upstream}' must be a base URL such as http://127.0.0.1:7000, without a path"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            // A proxy must not be redirected, nor proxied by whatever HTTP_PROXY says.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .read_timeout(timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .http1_only()
+            .build()
+            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+        let token = token
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| "the upstream token is not printable ASCII".to_owned())
+            })
+            .transpose()?;
+        Ok(Self {
+            client,
+            base,
+            timeout,
+            token,
+        })
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.base
+    }
+
+    /// Reads one key.
+    pub async fn read(&self, key: &str) -> Result<Read, ForwardError> {
+        let path = kv_server::key::encode_path(key);
+        let response = self
+            .request(Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        match response.status() {
+            StatusCode::OK => {
+                let content_type = response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(kv_server::dump::DEFAULT_CONTENT_TYPE));
+                let version = response
+                    .headers()
+                    .get(header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim_matches('"').parse().ok());
+                let Some(version) = version else {
+                    return Err(ForwardError::Unavailable {
+                        upstream: self.base.clone(),
+                        cause: "a value came back without a numeric ETag; is the upstream a kv-server?".into(),
+                    });
+                };
+                let value = response.bytes().await.map_err(|e| self.error(e))?;
+                Ok(Read::Found(Fetched {
+                    value,
+                    content_type,
+                    version,
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(Read::NotFound),
+            _ => Ok(Read::Other(self.collect(response).await?)),
+        }
+    }
+
+    /// Sends a write (PUT or DELETE) of one key and returns the upstream's answer.
+    pub async fn write(
+        &self,
+        method: Method,
+        key: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Passed, ForwardError> {
+        let path = kv_server::key::encode_path(key);
+        let mut request = self.request(method, &path);
+        for name in &FORWARDED_HEADERS {
+            for value in headers.get_all(name) {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.body(body).send().await.map_err(|e| self.error(e))?;
+        self.collect(response).await
+    }
+
+    /// Starts a streamed request (DUMP), passing the query string and `Accept` on.
+    pub async fn stream(
+        &self,
+        path_and_query: &str,
+        accept: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response, ForwardError> {
+        let mut request = self.client.get(format!("{}{path_and_query}", self.base));
+        if let Some(accept) = accept {
+            request = request.header(header::ACCEPT, accept);
+        }
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, token);
+        }
+        request.send().await.map_err(|e| self.error(e))
+    }
+
+    /// Whether the upstream answers its health check.
+    pub async fn healthy(&self) -> bool {
+        let request = self
+            .request(Method::GET, "/healthz")
+            .timeout(self.timeout.min(Duration::from_secs(2)));
+        matches!(request.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Copies the headers the client should see from an upstream answer.
+    pub fn passed_headers(from: &HeaderMap) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for name in &PASSED_HEADERS {
+            for value in from.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, token);
+        }
+        request
+    }
+
+    async fn collect(&self, response: reqwest::Response) -> Result<Passed, ForwardError> {
+        let status = response.status();
+        let headers = Self::passed_headers(response.headers());
+        let body = response.bytes().await.map_err(|e| self.error(e))?;
+        Ok(Passed { status, headers, body })
+    }
+
+    fn error(&self, err: reqwest::Error) -> ForwardError {
+        if err.is_timeout() {
+            ForwardError::Timeout {
+                upstream: self.base.clone(),
+                timeout: self.timeout,
+            }
+        } else {
+            let mut cause = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(inner) = source {
+                cause = format!("{cause}: {inner}");
+                source = inner.source();
+            }
+            ForwardError::Unavailable {
+                upstream: self.base.clone(),
+                cause,
+            }
+        }
+    }
+}

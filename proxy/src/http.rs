@@ -1,0 +1,194 @@
+//! The HTTP front of kv-proxy: the same API as kv-server, answered from the
+//! cache where it can be, and `X-Cache` / `Age` saying how.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kv_server::error::ApiError;
+use kv_server::http::{Key, parse_condition};
+use kv_server::metrics::{self, Metrics};
+use kv_server::store::Condition;
+
+use crate::cache::CacheStatus;
+use crate::forward::{ForwardError, Passed};
+use crate::proxy::{Lookup, Proxy, ReadError};
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+#[derive(Clone)]
+pub struct ProxyState {
+    pub proxy: Proxy,
+    pub metrics: Arc<Metrics>,
+    pub max_value_bytes: usize,
+}
+
+pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
+    let routes = Router::new()
+        .route("/kv", get(dump))
+        .route("/kv/", get(get_key).put(put_key).delete(delete_key))
+        .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
+        .route("/openapi.yaml", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
+    kv_server::http::common_layers(routes, request_timeout).with_state(state)
+}
+
+async fn get_key(State(state): State<ProxyState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ProxyError> {
+    let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
+    let lookup = state.proxy.get(&key).await?;
+    Ok(lookup_response(&key, &lookup, &if_none_match))
+}
+
+/// Builds a GET answer; on a hit this is the whole of the work.
+fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Response {
+    let x_cache = HeaderValue::from_static(lookup.status.as_str());
+    let Some(value) = &lookup.value else {
+        let mut response = ApiError::key_not_found(key).into_response();
+        response.headers_mut().insert(X_CACHE.clone(), x_cache);
+        return response;
+    };
+    let not_modified = match if_none_match {
+        Condition::None => false,
+        Condition::Any => true,
+        Condition::Versions(versions) => versions.contains(&value.version),
+    };
+    let mut response = if not_modified {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        let mut response = Response::new(Body::from(value.value.clone()));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, value.content_type.clone());
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, value.etag.clone());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(X_CACHE.clone(), x_cache);
+    if lookup.status != CacheStatus::Miss {
+        headers.insert(header::AGE, HeaderValue::from(lookup.age().as_secs()));
+    }
+    response
+}
+
+async fn put_key(State(state): State<ProxyState>, Key(key): Key, request: Request) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let value = kv_server::http::read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    let passed = state.proxy.write(Method::PUT, &key, &parts.headers, value).await?;
+    Ok(passed_response(passed))
+}
+
+async fn delete_key(
+    State(state): State<ProxyState>,
+    Key(key): Key,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
+    let passed = state
+        .proxy
+        .write(Method::DELETE, &key, &headers, bytes::Bytes::new())
+        .await?;
+    Ok(passed_response(passed))
+}
+
+/// DUMP is never cached: the upstream's answer streams through as it comes.
+async fn dump(State(state): State<ProxyState>, request: Request) -> Result<Response, ProxyError> {
+    let path_and_query = request.uri().path_and_query().map_or("/kv", |p| p.as_str());
+    let upstream = state
+        .proxy
+        .forward
+        .stream(path_and_query, request.headers().get(header::ACCEPT))
+        .await?;
+    let status = upstream.status();
+    let headers = crate::forward::Forward::passed_headers(upstream.headers());
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+async fn healthz(State(state): State<ProxyState>) -> Response {
+    let upstream = if state.proxy.forward.healthy().await {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    axum::Json(serde_json::json!({ "status": "ok", "upstream": upstream })).into_response()
+}
+
+async fn metrics_page(State(state): State<ProxyState>) -> Response {
+    let (entries, _) = state.proxy.cache.size().await;
+    state.metrics.keys.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    metrics::exposition(&state.metrics)
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        kv_server::http::OPENAPI_YAML,
+    )
+}
+
+fn passed_response(passed: Passed) -> Response {
+    let mut response = Response::new(Body::from(passed.body));
+    *response.status_mut() = passed.status;
+    *response.headers_mut() = passed.headers;
+    response
+}
+
+/// Errors of the proxy: the client's (4xx, as the server would say them), or
+/// the upstream's (passed through, or 502/504 when it gave no answer).
+pub enum ProxyError {
+    Api(ApiError),
+    Read(ReadError),
+    Forward(ForwardError),
+}
+
+impl From<ApiError> for ProxyError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl From<ReadError> for ProxyError {
+    fn from(err: ReadError) -> Self {
+        Self::Read(err)
+    }
+}
+
+impl From<ForwardError> for ProxyError {
+    fn from(err: ForwardError) -> Self {
+        Self::Forward(err)
+    }
+}
+
+/// The 502 or 504 for an upstream that gave no answer.
+pub fn upstream_error(err: &ForwardError) -> ApiError {
+    tracing::warn!(cause = %err, "upstream request failed");
+    let status = match err {
+        ForwardError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+        ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+    };
+    ApiError::new(status, "upstream_unavailable", err.to_string())
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(err) => err.into_response(),
+            Self::Forward(err) | Self::Read(ReadError::Forward(err)) => upstream_error(&err).into_response(),
+            Self::Read(ReadError::Upstream(passed)) => passed_response(passed),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The key-value operations as the proxy performs them, shared by the HTTP
+//! front and the telnet adapter: read-through GET, write-then-invalidate PUT
+//! and DELETE, pass-through DUMP.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method};
+use bytes::Bytes;
+
+use crate::cache::{Cache, CacheStatus, Cached, Filled};
+use crate::forward::{Forward, ForwardError, Passed, Read};
+use std::sync::Arc;
+
+/// A GET's answer.
+pub struct Lookup {
+    pub status: CacheStatus,
+    /// `None`: the key does not exist.
+    pub value: Option<Arc<Cached>>,
+}
+
+impl Lookup {
+    /// Seconds since the value was fetched, for the `Age` header.
+    pub fn age(&self) -> Duration {
+        self.value.as_ref().map_or(Duration::ZERO, |v| v.stored_at.elapsed())
+    }
+}
+
+/// Why a GET could not be answered from the cache or the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// The upstream answered with an error of its own (503 from a failed store, say).
+    #[error("the upstream answered {}", .0.status)]
+    Upstream(Passed),
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    pub cache: Cache,
+    pub forward: Forward,
+}
+
+impl Proxy {
+    pub fn new(cache: Cache, forward: Forward) -> Self {
+        Self { cache, forward }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Lookup, ReadError> {
+        let counters = &self.cache.counters;
+        if let Some(value) = self.cache.fresh(key).await {
+            counters.hits.inc();
+            return Ok(Lookup {
+                status: CacheStatus::Hit,
+                value: Some(value),
+            });
+        }
+        counters.misses.inc();
+        let forward = &self.forward;
+        let filled = self
+            .cache
+            .fill(key, || async move {
+                counters.upstream_requests.inc();
+                match forward.read(key).await {
+                    Ok(Read::Found(f)) => Ok(Some(Cached::new(f.value, f.content_type, f.version))),
+                    Ok(Read::NotFound) => Ok(None),
+                    Ok(Read::Other(passed)) => Err(ReadError::Upstream(passed)),
+                    Err(err) => {
+                        counters.upstream_errors.inc();
+                        Err(ReadError::Forward(err))
+                    }
+                }
+            })
+            .await;
+        match filled {
+            Ok(Filled::Value(value)) => Ok(Lookup {
+                status: CacheStatus::Miss,
+                value: Some(value),
+            }),
+            Ok(Filled::Absent) => Ok(Lookup {
+                status: CacheStatus::Miss,
+                value: None,
+            }),
+            Err(err) => match self.cache.stale(key).await {
+                Some(value) => {
+                    counters.stale.inc();
+                    tracing::warn!(key, cause = %err, "upstream failed; serving a stale entry");
+                    Ok(Lookup {
+                        status: CacheStatus::Stale,
+                        value: Some(value),
+                    })
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Forwards a PUT or DELETE and, once the upstream has answered, makes sure
+    /// no older value of the key is served from here again.
+    pub async fn write(
+        &self,
+        method: Method,
+        key: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Passed, ForwardError> {
+        let result = self.forward.write(method, key, headers, body).await;
+        let (maybe_applied, revision) = match &result {
+            // A 4xx (412, 413, 404...) is a write that certainly did not happen.
+            Ok(passed) if passed.status.is_client_error() => (false, None),
+            Ok(passed) => (true, passed.status.is_success().then(|| passed.revision()).flatten()),
+            // No answer: the write may or may not have happened.
+            Err(_) => (true, None),
+        };
+        if result.is_err() {
+            self.cache.counters.upstream_errors.inc();
+        }
+        if maybe_applied {
+            self.cache.invalidate(key, revision).await;
+        }
+        result
+    }
+}
+
+impl Proxy {
+    /// The cache figures, as `STATS` prints them.
+    pub async fn stats(&self) -> Vec<(&'static str, String)> {
+        let counters = &self.cache.counters;
+        let (entries, bytes) = self.cache.size().await;
+        let config = self.cache.config();
+        vec![
+            ("hits", counters.hits.get().to_string()),
+            ("misses", counters.misses.get().to_string()),
+            ("stale", counters.stale.get().to_string()),
+            ("evictions", counters.evictions.get().to_string()),
+            ("expirations", counters.expirations.get().to_string()),
+            ("entries", entries.to_string()),
+            ("bytes", bytes.to_string()),
+            ("max_bytes", config.max_bytes.to_string()),
+            ("ttl_seconds", format!("{}", config.ttl.as_secs_f64())),
+            ("upstream_requests", counters.upstream_requests.get().to_string()),
+            ("upstream_errors", counters.upstream_errors.get().to_string()),
+        ]
+    }
+}

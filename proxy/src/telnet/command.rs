@@ -1,0 +1,331 @@
+//! The commands of the line protocol, parsed from one line each.
+//!
+//! # Format
+//! ```text
+//! PUT <key> <value>      the value is the rest of the line
+//! PUT <key> = <value>    the form the original assignment used
+//! GET <key>
+//! DEL <key>              (DELETE too)
+//! DUMP [<prefix>]
+//! STATS | HELP | QUIT (EXIT too)
+//! ```
+//! Command names are case-insensitive. A key or value may be written as a
+//! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
+//! `kv shell` speaks the same commands through this parser.
+
+use kv_server::key::{self, KeyError};
+use kv_server::quote::{self, QuoteError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Get { key: String },
+    Put { key: String, value: Vec<u8> },
+    Del { key: String },
+    Dump { prefix: Option<String> },
+    Stats,
+    Help,
+    Quit,
+}
+
+/// What is wrong with a line, written to be answered as `ERR <this>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unknown command '{0}'; type HELP for the list")]
+    Unknown(String),
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    #[error("{0}")]
+    Quote(#[from] QuoteError),
+    #[error("bad key: {0}")]
+    Key(#[from] KeyError),
+}
+
+pub const HELP: &[&str] = &[
+    "PUT <key> <value>    store a value (the rest of the line); PUT <key> = <value> works too",
+    "GET <key>            read a value: VALUE <value>, or NOT_FOUND",
+    "DEL <key>            delete a key: OK, or NOT_FOUND",
+    "DUMP [<prefix>]      list pairs in key order, then END <count>",
+    "STATS                cache figures",
+    "HELP                 this list",
+    "QUIT                 close the connection",
+    "Quote keys or values holding spaces or special bytes: PUT \"my key\" \"two\\nlines\" (escapes \\\" \\\\ \\n \\r \\t \\xHH)",
+];
+
+const USAGE_GET: &str = "GET <key>";
+const USAGE_PUT: &str = "PUT <key> <value>  (or PUT <key> = <value>)";
+const USAGE_DEL: &str = "DEL <key>";
+const USAGE_DUMP: &str = "DUMP [<prefix>]";
+
+impl Command {
+    /// Parses one line (without its line ending). `Ok(None)` for a blank line.
+    pub fn parse(line: &[u8]) -> Result<Option<Self>, ParseError> {
+        let line = trim_start(line);
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let (name, rest) = split_word(line);
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let command = match name.as_str() {
+            "GET" => Self::Get {
+                key: only_key(rest, USAGE_GET)?,
+            },
+            "DEL" | "DELETE" => Self::Del {
+                key: only_key(rest, USAGE_DEL)?,
+            },
+            "PUT" | "SET" => {
+                let (key, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage(USAGE_PUT))?;
+                let key = to_key(key)?;
+                let value = value(rest)?.ok_or(ParseError::Usage(USAGE_PUT))?;
+                Self::Put { key, value }
+            }
+            "DUMP" => {
+                let prefix = match token(trim_start(rest))? {
+                    None => None,
+                    Some((prefix, rest)) => {
+                        if !trim_start(rest).is_empty() {
+                            return Err(ParseError::Usage(USAGE_DUMP));
+                        }
+                        Some(String::from_utf8(prefix).map_err(|_| KeyError::NotUtf8)?)
+                    }
+                };
+                Self::Dump { prefix }
+            }
+            "STATS" => no_args(rest, Self::Stats, "STATS")?,
+            "HELP" => Self::Help,
+            "QUIT" | "EXIT" => Self::Quit,
+            _ => return Err(ParseError::Unknown(truncate(&name))),
+        };
+        Ok(Some(command))
+    }
+
+    /// The line that parses back to this command.
+    pub fn render(&self) -> String {
+        match self {
+            Self::Get { key } => format!("GET {}", quote::render_key(key)),
+            Self::Put { key, value } => format!("PUT {} {}", quote::render_key(key), quote::render_value(value)),
+            Self::Del { key } => format!("DEL {}", quote::render_key(key)),
+            Self::Dump { prefix: None } => "DUMP".into(),
+            Self::Dump { prefix: Some(prefix) } => format!("DUMP {}", quote::quote(prefix.as_bytes())),
+            Self::Stats => "STATS".into(),
+            Self::Help => "HELP".into(),
+            Self::Quit => "QUIT".into(),
+        }
+    }
+}
+
+/// Whether a line is the start of an HTTP request: a browser or HTTP client
+/// pointed at the wrong port, or a web page trying a cross-protocol attack.
+/// Such a connection is closed without executing anything (as Redis does).
+pub fn looks_like_http(line: &[u8]) -> bool {
+    let line = trim_start(line);
+    let (first, rest) = split_word(line);
+    if first.eq_ignore_ascii_case(b"POST") || first.eq_ignore_ascii_case(b"Host:") {
+        return true;
+    }
+    // `GET /path HTTP/1.1`, `PUT /kv/x HTTP/1.0`, `OPTIONS * HTTP/2`...
+    let words: Vec<&[u8]> = rest
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    matches!(words.as_slice(), [_, version] if version.len() >= 6 && version[..5].eq_ignore_ascii_case(b"HTTP/"))
+}
+
+fn truncate(name: &str) -> String {
+    name.chars().take(32).filter(|c| !c.is_control()).collect()
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+fn trim_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+fn split_word(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let end = bytes.iter().position(u8::is_ascii_whitespace).unwrap_or(bytes.len());
+    bytes.split_at(end)
+}
+
+/// One token: a quoted string or a bare word. `None` at the end of the line.
+fn token(bytes: &[u8]) -> Result<Option<(Vec<u8>, &[u8])>, ParseError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes[0] == b'"' {
+        let (text, used) = quote::parse_quoted(bytes)?;
+        return Ok(Some((text, &bytes[used..])));
+    }
+    let (word, rest) = split_word(bytes);
+    Ok(Some((word.to_vec(), rest)))
+}
+
+fn to_key(bytes: Vec<u8>) -> Result<String, ParseError> {
+    let key = String::from_utf8(bytes).map_err(|_| KeyError::NotUtf8)?;
+    key::validate(&key)?;
+    Ok(key)
+}
+
+fn only_key(rest: &[u8], usage: &'static str) -> Result<String, ParseError> {
+    let (key, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage(usage))?;
+    if !trim_start(rest).is_empty() {
+        return Err(ParseError::Usage(usage));
+    }
+    to_key(key)
+}
+
+fn no_args(rest: &[u8], command: Command, usage: &'static str) -> Result<Command, ParseError> {
+    if trim_start(rest).is_empty() {
+        Ok(command)
+    } else {
+        Err(ParseError::Usage(usage))
+    }
+}
+
+/// The value of a PUT: after an optional `=`, a quoted string alone, or the
+/// rest of the line with surrounding whitespace removed.
+fn value(rest: &[u8]) -> Result<Option<Vec<u8>>, ParseError> {
+    let mut rest = trim_start(rest);
+    if rest.first() == Some(&b'=') && rest.get(1).is_none_or(u8::is_ascii_whitespace) {
+        rest = trim_start(&rest[1..]);
+    }
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest[0] == b'"' {
+        let (value, used) = quote::parse_quoted(rest)?;
+        if !trim_start(&rest[used..]).is_empty() {
+            return Err(ParseError::Usage(
+                "PUT <key> \"<quoted value>\" with nothing after the closing quote",
+            ));
+        }
+        return Ok(Some(value));
+    }
+    Ok(Some(trim_end(rest).to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Command {
+        Command::parse(line.as_bytes()).unwrap().unwrap()
+    }
+
+    fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_assignment_commands() {
+        assert_eq!(parse("PUT name Derek Moss"), put("name", b"Derek Moss"));
+        assert_eq!(parse("PUT age = 18"), put("age", b"18"));
+        assert_eq!(parse("put Fname = Sayali"), put("Fname", b"Sayali"));
+        assert_eq!(parse("get name"), Command::Get { key: "name".into() });
+        assert_eq!(parse("DEL age"), Command::Del { key: "age".into() });
+        assert_eq!(parse("dump"), Command::Dump { prefix: None });
+        assert_eq!(
+            parse("DUMP users/"),
+            Command::Dump {
+                prefix: Some("users/".into())
+            }
+        );
+        assert_eq!(parse("Quit"), Command::Quit);
+        assert_eq!(Command::parse(b"   ").unwrap(), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(parse(r#"PUT "my key" "two\nlines""#), put("my key", b"two\nlines"));
+        assert_eq!(parse(r#"PUT k "\xff\x00""#), put("k", &[0xff, 0]));
+        assert_eq!(parse(r#"PUT k = "= x""#), put("k", b"= x"));
+        assert_eq!(parse("PUT k =v"), put("k", b"=v"));
+        assert_eq!(parse(r#"GET "a b""#), Command::Get { key: "a b".into() });
+    }
+
+    #[test]
+    fn errors_say_how_to_write_it_right() {
+        let err = |line: &str| Command::parse(line.as_bytes()).unwrap_err().to_string();
+        assert_eq!(err("FROB x"), "unknown command 'FROB'; type HELP for the list");
+        assert!(err("PUT k").starts_with("usage: PUT"));
+        assert!(err("GET").starts_with("usage: GET"));
+        assert!(err("GET a b").starts_with("usage: GET"));
+        assert!(err(r#"PUT "open"#).contains("not closed"));
+        assert!(err("GET ..").starts_with("bad key"));
+    }
+
+    #[test]
+    fn http_requests_are_recognised() {
+        assert!(looks_like_http(b"POST /kv/x HTTP/1.1"));
+        assert!(looks_like_http(b"GET / HTTP/1.1"));
+        assert!(looks_like_http(b"Host: 127.0.0.1:2323"));
+        assert!(looks_like_http(b"put /kv/x http/1.0"));
+        assert!(!looks_like_http(b"GET name"));
+        assert!(!looks_like_http(b"PUT name Derek Moss"));
+        assert!(!looks_like_http(b"PUT http HTTP/1"));
+    }
+
+    #[test]
+    fn render_then_parse_gives_the_command_back() {
+        // A deterministic sweep standing in for a property test: awkward keys
+        // and values of every kind, each rendered and parsed back.
+        let keys = [
+            "k",
+            "my key",
+            "a\"b",
+            "back\\slash",
+            "tab\tkey",
+            "ünï",
+            "=",
+            "x=y",
+            "users/42",
+        ];
+        let mut values: Vec<Vec<u8>> = vec![
+            b"v".to_vec(),
+            b"Derek Moss".to_vec(),
+            b"".to_vec(),
+            b" lead".to_vec(),
+            b"trail ".to_vec(),
+            b"= x".to_vec(),
+            b"=".to_vec(),
+            b"\"q\"".to_vec(),
+            b"two\nlines\r\n".to_vec(),
+            b"\x1b[31m".to_vec(),
+        ];
+        values.push((0..=255u8).collect());
+        for key in keys {
+            for value in &values {
+                let command = put(key, value);
+                assert_eq!(
+                    Command::parse(command.render().as_bytes()).unwrap(),
+                    Some(command.clone()),
+                    "{}",
+                    command.render()
+                );
+            }
+            for command in [
+                Command::Get { key: key.into() },
+                Command::Del { key: key.into() },
+                Command::Dump {
+                    prefix: Some(key.into()),
+                },
+            ] {
+                assert_eq!(
+                    Command::parse(command.render().as_bytes()).unwrap(),
+                    Some(command.clone())
+                );
+            }
+        }
+    }
+}

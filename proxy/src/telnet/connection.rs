@@ -1,0 +1,198 @@
+//! Bytes to lines for the telnet adapter: telnet negotiation removed, lines
+//! bounded in length, replies written with the client's own line ending.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+/// One unit read from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A line, without its line ending.
+    Line(Vec<u8>),
+    /// A line longer than the limit; its bytes were skipped up to the newline.
+    TooLong,
+}
+
+/// Telnet's "interpret as command" byte and the ones that follow it.
+const IAC: u8 = 255;
+const SB: u8 = 250;
+const SE: u8 = 240;
+const WILL: u8 = 251;
+const DONT: u8 = 254;
+
+/// Where the negotiation filter is between reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Telnet {
+    Data,
+    Iac,
+    /// After WILL/WONT/DO/DONT: one option byte to drop.
+    Option,
+    /// Inside a subnegotiation, until IAC SE.
+    Sub,
+    SubIac,
+}
+
+pub struct Connection<R, W> {
+    reader: R,
+    writer: BufWriter<W>,
+    line: Vec<u8>,
+    pending: Vec<u8>,
+    max_line: usize,
+    telnet: Telnet,
+    /// Skipping the rest of an over-long line.
+    skipping: bool,
+    /// Reply with CRLF (telnet) or LF (nc, scripts), as the client writes.
+    crlf: bool,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    pub fn new(reader: R, writer: W, max_line: usize) -> Self {
+        Self {
+            reader,
+            writer: BufWriter::new(writer),
+            line: Vec::new(),
+            pending: Vec::new(),
+            max_line,
+            telnet: Telnet::Data,
+            skipping: false,
+            crlf: true,
+        }
+    }
+
+    /// The next line, or `None` when the client has closed.
+    pub async fn read_frame(&mut self) -> std::io::Result<Option<Frame>> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Ok(Some(frame));
+            }
+            let read = self.reader.read(&mut chunk).await?;
+            if read == 0 {
+                // A last line without a newline still counts.
+                if !self.skipping && !self.line.is_empty() {
+                    return Ok(Some(Frame::Line(std::mem::take(&mut self.line))));
+                }
+                return Ok(None);
+            }
+            self.filter(&chunk[..read]);
+        }
+    }
+
+    /// Removes telnet negotiation from `input` and queues the data bytes.
+    fn filter(&mut self, input: &[u8]) {
+        for &byte in input {
+            self.telnet = match (self.telnet, byte) {
+                (Telnet::Data, IAC) => Telnet::Iac,
+                (Telnet::Data, _) => {
+                    self.pending.push(byte);
+                    Telnet::Data
+                }
+                (Telnet::Iac, IAC) => {
+                    self.pending.push(IAC);
+                    Telnet::Data
+                }
+                (Telnet::Iac, SB) => Telnet::Sub,
+                (Telnet::Iac, WILL..=DONT) => Telnet::Option,
+                (Telnet::Iac | Telnet::Option, _) => Telnet::Data,
+                (Telnet::Sub, IAC) => Telnet::SubIac,
+                (Telnet::SubIac, SE) => Telnet::Data,
+                (Telnet::Sub | Telnet::SubIac, _) => Telnet::Sub,
+            };
+        }
+    }
+
+    /// Cuts a frame out of the queued bytes, if a whole one is there.
+    fn take_frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.pending.is_empty() {
+                return None;
+            }
+            let newline = self.pending.iter().position(|&b| b == b'\n');
+            let take = newline.map_or(self.pending.len(), |i| i + 1);
+            if self.skipping {
+                self.pending.drain(..take);
+                if newline.is_some() {
+                    self.skipping = false;
+                    return Some(Frame::TooLong);
+                }
+                continue;
+            }
+            let room = self.max_line.saturating_sub(self.line.len());
+            let content = newline.unwrap_or(take);
+            if content > room {
+                // Over the limit: forget what we have and skip to the newline.
+                self.line = Vec::new();
+                self.skipping = true;
+                continue;
+            }
+            self.line.extend_from_slice(&self.pending[..content]);
+            self.pending.drain(..take);
+            if newline.is_some() {
+                let mut line = std::mem::take(&mut self.line);
+                self.crlf = line.last() == Some(&b'\r');
+                if self.crlf {
+                    line.pop();
+                }
+                return Some(Frame::Line(line));
+            }
+        }
+    }
+
+    /// Queues one reply line; `flush` sends it.
+    pub async fn write_line(&mut self, text: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(text).await?;
+        self.writer.write_all(if self.crlf { b"\r\n" } else { b"\n" }).await
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush().await
+    }
+
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.writer.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames(input: &[u8], max_line: usize) -> Vec<Frame> {
+        let mut connection = Connection::new(input, tokio::io::sink(), max_line);
+        let mut frames = Vec::new();
+        while let Some(frame) = connection.read_frame().await.unwrap() {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    fn line(text: &str) -> Frame {
+        Frame::Line(text.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn lf_and_crlf_lines() {
+        assert_eq!(
+            frames(b"GET a\nGET b\r\nGET c", 100).await,
+            vec![line("GET a"), line("GET b"), line("GET c")]
+        );
+    }
+
+    #[tokio::test]
+    async fn telnet_negotiation_is_not_data() {
+        // IAC DO ECHO, IAC SB NAWS ... IAC SE, IAC IP, then a real line.
+        let input = b"\xff\xfd\x01\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0GE\xff\xf4T a\r\n";
+        assert_eq!(frames(input, 100).await, vec![line("GET a")]);
+        assert_eq!(
+            frames(b"PUT k \xff\xff\n", 100).await,
+            vec![Frame::Line(b"PUT k \xff".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_skipped_and_the_next_one_read() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\nGET a\n");
+        assert_eq!(frames(&input, 10).await, vec![Frame::TooLong, line("GET a")]);
+        assert_eq!(frames(b"0123456789\n", 10).await, vec![line("0123456789")]);
+    }
+}

@@ -1,0 +1,257 @@
+//! The telnet line adapter: `telnet 127.0.0.1 2323`, then `PUT name Derek
+//! Moss`, `GET name`, `DUMP`. It speaks to the same cache and upstream as the
+//! HTTP front, so a GET here is cached like one there.
+//!
+//! [`connection`] turns bytes into bounded lines, [`command`] turns a line
+//! into a [`Command`], and the session loop here runs commands and never
+//! touches bytes.
+
+pub mod command;
+pub mod connection;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use kv_server::dump::Item;
+use kv_server::error::ErrorBody;
+use kv_server::quote;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::command::Command;
+use self::command::{HELP, ParseError, looks_like_http};
+use self::connection::{Connection, Frame};
+use crate::config::TelnetLimits;
+use crate::forward::Passed;
+use crate::proxy::{Proxy, ReadError};
+
+/// Accepts telnet clients until `cancel` fires, then tells each session to
+/// end and waits for them.
+pub async fn serve(listener: TcpListener, proxy: Proxy, limits: TelnetLimits, cancel: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.telnet_max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "telnet accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.telnet_max_connections, "telnet connection refused: too many connections");
+            tracker.spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, limits, cancel) = (proxy.clone(), limits.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(err) = session(stream, &proxy, &limits, &cancel).await {
+                tracing::debug!(%peer, cause = %err, "telnet session ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn refuse(stream: TcpStream) {
+    let (reader, writer) = stream.into_split();
+    let mut connection = Connection::new(reader, writer, 0);
+    let reply = async {
+        connection
+            .write_line(b"ERR too many connections; try again later")
+            .await?;
+        connection.flush().await?;
+        connection.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reply).await;
+}
+
+/// What the session loop does after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn session(
+    stream: TcpStream,
+    proxy: &Proxy,
+    limits: &TelnetLimits,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    let (reader, writer) = stream.into_split();
+    let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
+    let mut connection = Connection::new(reader, writer, max_line);
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(limits.telnet_idle_timeout, connection.read_frame()) => frame,
+            () = cancel.cancelled() => {
+                connection.write_line(b"BYE the proxy is shutting down").await?;
+                break;
+            }
+        };
+        let next = match frame {
+            Err(_) => {
+                let idle = humantime::format_duration(limits.telnet_idle_timeout);
+                connection
+                    .write_line(format!("ERR idle for {idle}; closing the connection").as_bytes())
+                    .await?;
+                Next::Close
+            }
+            Ok(frame) => match frame? {
+                None => Next::Close,
+                Some(Frame::TooLong) => {
+                    let message = format!("ERR line too long: at most {max_line} bytes; the line was skipped");
+                    connection.write_line(message.as_bytes()).await?;
+                    Next::Continue
+                }
+                Some(Frame::Line(line)) if looks_like_http(&line) => {
+                    tracing::warn!("closing a telnet connection that sent an HTTP request");
+                    return Ok(());
+                }
+                Some(Frame::Line(line)) => match Command::parse(&line) {
+                    Ok(None) => Next::Continue,
+                    Ok(Some(command)) => execute(command, proxy, &mut connection).await?,
+                    Err(err) => {
+                        connection.write_line(error_line(&err).as_bytes()).await?;
+                        Next::Continue
+                    }
+                },
+            },
+        };
+        connection.flush().await?;
+        if matches!(next, Next::Close) {
+            break;
+        }
+    }
+    connection.flush().await?;
+    connection.shutdown().await
+}
+
+fn error_line(err: &ParseError) -> String {
+    format!("ERR {err}")
+}
+
+async fn execute<R, W>(command: Command, proxy: &Proxy, out: &mut Connection<R, W>) -> std::io::Result<Next>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    match command {
+        Command::Get { key } => {
+            let reply = match proxy.get(&key).await {
+                Ok(lookup) => match lookup.value {
+                    Some(value) => format!("VALUE {}", quote::render_value(&value.value)),
+                    None => "NOT_FOUND".to_owned(),
+                },
+                Err(ReadError::Forward(_)) => "ERR upstream unavailable".to_owned(),
+                Err(ReadError::Upstream(passed)) => upstream_error(&passed),
+            };
+            out.write_line(reply.as_bytes()).await?;
+        }
+        Command::Put { key, value } => {
+            let mut headers = HeaderMap::new();
+            let content_type = if std::str::from_utf8(&value).is_ok() {
+                "text/plain; charset=utf-8"
+            } else {
+                kv_server::dump::DEFAULT_CONTENT_TYPE
+            };
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let reply = match proxy.write(Method::PUT, &key, &headers, Bytes::from(value)).await {
+                Ok(passed) if passed.status.is_success() => "OK".to_owned(),
+                Ok(passed) => upstream_error(&passed),
+                Err(_) => "ERR upstream unavailable".to_owned(),
+            };
+            out.write_line(reply.as_bytes()).await?;
+        }
+        Command::Del { key } => {
+            let reply = match proxy.write(Method::DELETE, &key, &HeaderMap::new(), Bytes::new()).await {
+                Ok(passed) if passed.status.is_success() => "OK".to_owned(),
+                Ok(passed) if passed.status == axum::http::StatusCode::NOT_FOUND => "NOT_FOUND".to_owned(),
+                Ok(passed) => upstream_error(&passed),
+                Err(_) => "ERR upstream unavailable".to_owned(),
+            };
+            out.write_line(reply.as_bytes()).await?;
+        }
+        Command::Dump { prefix } => dump(proxy, prefix.as_deref(), out).await?,
+        Command::Stats => {
+            for (name, value) in proxy.stats().await {
+                out.write_line(format!("{name} {value}").as_bytes()).await?;
+            }
+            out.write_line(b"END").await?;
+        }
+        Command::Help => {
+            for line in HELP {
+                out.write_line(line.as_bytes()).await?;
+            }
+            out.write_line(b"END").await?;
+        }
+        Command::Quit => {
+            out.write_line(b"BYE").await?;
+            return Ok(Next::Close);
+        }
+    }
+    Ok(Next::Continue)
+}
+
+/// `ERR <message>` from an upstream error answer.
+fn upstream_error(passed: &Passed) -> String {
+    match serde_json::from_slice::<ErrorBody>(&passed.body) {
+        Ok(body) if passed.status.is_client_error() => format!("ERR {}", body.message),
+        Ok(body) => format!("ERR upstream unavailable: {}", body.message),
+        Err(_) => format!("ERR upstream unavailable: it answered {}", passed.status),
+    }
+}
+
+/// Streams the upstream's NDJSON DUMP out as `key value` lines, then `END <count>`.
+async fn dump<R, W>(proxy: &Proxy, prefix: Option<&str>, out: &mut Connection<R, W>) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let path = match prefix {
+        Some(prefix) => format!("/kv?prefix={}", kv_server::key::encode_query_component(prefix)),
+        None => "/kv".to_owned(),
+    };
+    let accept = HeaderValue::from_static("application/x-ndjson");
+    let response = match proxy.forward.stream(&path, Some(&accept)).await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(_) | Err(_) => return out.write_line(b"ERR upstream unavailable").await,
+    };
+    let mut body = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut count = 0u64;
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return out
+                .write_line(b"ERR upstream unavailable: the listing was cut short")
+                .await;
+        };
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + end];
+            start += end + 1;
+            let Ok(item) = serde_json::from_slice::<Item>(line) else {
+                continue;
+            };
+            let Ok(value) = item.value_bytes() else { continue };
+            let text = format!("{} {}", quote::render_key(&item.key), quote::render_value(&value));
+            out.write_line(text.as_bytes()).await?;
+            count += 1;
+        }
+        pending.drain(..start);
+    }
+    out.write_line(format!("END {count}").as_bytes()).await
+}
