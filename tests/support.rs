@@ -1,1 +1,206 @@
+//! Helpers for the end-to-end tests: build the real programs once, start them
+//! on ephemeral loopback ports, read the addresses they announce, stop them.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The directory holding the built binaries (`target/debug`), built once per test run.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // The test binary is target/<profile>/deps/e2e-<hash>.
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--bins", "-p", "kv-server", "-p", "kv-proxy", "-p", "kv-cli"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building the kv programs failed");
+        dir
+    })
+}
+
+/// The path of one of the programs: `kv-server`, `kv-proxy` or `kv`.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A running program whose stderr is collected in the background.
+pub struct Program {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Program {
+    /// Starts `name` with `args` and waits until its log shows every one of `markers`;
+    /// returns the program and, for each marker, the rest of the line after it.
+    pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], markers: &[&str]) -> (Self, Vec<String>) {
+        let mut command = Command::new(bin(name));
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.env("RUST_LOG", "info").env_remove("KV_TOKEN");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut program = Self { child, log, lines };
+        let mut found = vec![None; markers.len()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match program.lines.recv_timeout(left) {
+                Ok(line) => {
+                    for (i, marker) in markers.iter().enumerate() {
+                        if let Some(at) = line.find(marker) {
+                            let rest = &line[at + marker.len()..];
+                            found[i] = Some(rest.to_owned());
+                        }
+                    }
+                }
+                Err(_) => panic!("{name} did not start; its log:\n{}", program.log()),
+            }
+        }
+        (program, found.into_iter().map(Option::unwrap).collect())
+    }
+
+    /// Everything the program has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// kill -9, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` and waits (up to 20 s) for the exit status.
+    pub fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the program did not stop after SIG{signal}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// First word after a marker, as an address: `127.0.0.1:1234`.
+fn addr_after(rest: &str) -> SocketAddr {
+    let word = rest.split(|c: char| c.is_whitespace() || c == ',').next().unwrap_or("");
+    word.parse().unwrap_or_else(|_| panic!("no address in '{rest}'"))
+}
+
+/// A kv-server on an ephemeral port with its own data directory.
+pub struct Server {
+    pub program: Program,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A fresh server on an empty temporary directory.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_owned();
+        let mut server = Self::start_in(&dir, args);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on `data_dir` (kept when the server is dropped).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        let dir = data_dir.to_str().expect("utf-8 path");
+        let mut all = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start("kv-server", &all, &[], &["listening on http://"]);
+        let addr = addr_after(&found[0]);
+        Self { program, addr, url: format!("http://{addr}"), data_dir: data_dir.to_owned(), _temp: None }
+    }
+
+    /// kill -9 the server and start a new one on the same data directory.
+    pub fn crash_and_restart(&mut self) {
+        self.program.kill9();
+        let restarted = Self::start_in(&self.data_dir.clone(), &[]);
+        self.program = restarted.program;
+        self.addr = restarted.addr;
+        self.url = restarted.url;
+    }
+}
+
+/// A kv-proxy on ephemeral HTTP and telnet ports in front of `upstream`.
+pub struct Proxy {
+    pub program: Program,
+    pub url: String,
+    pub telnet: SocketAddr,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str, args: &[&str]) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--telnet-listen", "127.0.0.1:0", "--upstream", upstream];
+        all.extend_from_slice(args);
+        let (program, found) =
+            Program::start("kv-proxy", &all, &[], &["kv-proxy listening on http://", "telnet adapter listening on "]);
+        let http = addr_after(&found[0]);
+        let telnet = addr_after(&found[1]);
+        Self { program, url: format!("http://{http}"), telnet }
+    }
+}
+
+/// An HTTP client for tests: no proxy from the environment, a generous timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+/// A port on loopback with nothing listening (bound, then released).
+pub fn unused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}

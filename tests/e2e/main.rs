@@ -1,1 +1,8 @@
+//! End-to-end tests: the real kv programs on loopback ports, spoken to over
+//! HTTP, telnet and the command line as users do. One test binary, one
+//! module per area (ripgrep's layout).
 
+mod cli;
+mod proxy;
+mod server;
+mod telnet;

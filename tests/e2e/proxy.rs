@@ -1,0 +1,1 @@
+//! kv-proxy over HTTP.

@@ -1,0 +1,1 @@
+//! The telnet line adapter of kv-proxy.
