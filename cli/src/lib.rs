@@ -1,1 +1,231 @@
+//! `kv`: the command-line client, the interactive shell, and `kv up`.
+//!
+//! # Layout
+//! - this file: the command line (clap) and the small commands.
+//! - [`client`]: one method per HTTP API operation; HTTP answers to errors.
+//! - [`error`]: the errors and their exit codes (0 ok, 1 not found, 2 usage,
+//!   3 unreachable or server failure, 4 not authorized).
+//! - [`shell`]: the interactive prompt, speaking the telnet adapter's commands.
+//! - [`transfer`]: `kv export` and `kv import`, streamed.
+//! - [`up`]: server and proxy together in one process.
 
+pub mod client;
+pub mod error;
+pub mod shell;
+pub mod transfer;
+pub mod up;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{CommandFactory, Parser, Subcommand};
+use kv_server::quote;
+use kv_server::units::parse_duration;
+
+pub use client::Client;
+pub use error::CliError;
+
+/// kv: a durable key-value store with a caching proxy, from the command line.
+///
+/// Start everything with `kv up`, then `kv put name "Derek Moss"` and
+/// `kv get name`. Commands talk to the proxy at --url (KV_URL).
+#[derive(Debug, Parser)]
+#[command(name = "kv", version, max_term_width = 100, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the kv proxy (or server) to talk to.
+    #[arg(long, env = "KV_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+
+    /// How long to wait for an answer, like 500ms or 30s.
+    #[arg(long, env = "KV_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run kv-server and kv-proxy together in this process, on an embedded store.
+    Up(up::UpArgs),
+    /// Print a key's value exactly as stored.
+    Get { key: String },
+    /// Store a value: `kv put KEY VALUE`, `kv put KEY -` (stdin) or `kv put KEY --file PATH`.
+    Put {
+        key: String,
+        /// The value; `-` reads it from standard input.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The content type to store (default: text/plain for UTF-8 text, else application/octet-stream).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Write only if the key is at this version (compare-and-swap).
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Write only if the key does not exist yet.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Delete a key.
+    #[command(alias = "delete")]
+    Del { key: String },
+    /// List pairs in key order: a table on a terminal, `key<TAB>value` lines otherwise.
+    Dump {
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// One JSON array of items.
+        #[arg(long, conflicts_with = "ndjson")]
+        json: bool,
+        /// One JSON item per line (the export format).
+        #[arg(long)]
+        ndjson: bool,
+    },
+    /// Show the proxy's cache figures.
+    Stats,
+    /// An interactive prompt: PUT, GET, DEL, DUMP, STATS, HELP, QUIT.
+    Shell,
+    /// Write every pair (or those under --prefix) to stdout as NDJSON.
+    Export {
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Load pairs from an NDJSON file (as `kv export` writes); `-` reads stdin.
+    Import(transfer::ImportArgs),
+    /// Print a shell completion script: `kv completions bash > /etc/bash_completion.d/kv`.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = || Client::new(&cli.url, cli.timeout);
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Get { key } => get(&client()?, &key).await,
+        Command::Put {
+            key,
+            value,
+            file,
+            content_type,
+            if_version,
+            if_absent,
+        } => {
+            let value = read_value(value.as_deref(), file.as_deref())?;
+            let content_type = content_type.unwrap_or_else(|| default_content_type(&value).to_owned());
+            let precondition = match (if_version, if_absent) {
+                (Some(version), _) => client::Precondition::Version(version),
+                (None, true) => client::Precondition::Absent,
+                (None, false) => client::Precondition::None,
+            };
+            let version = client()?.put(&key, value, &content_type, precondition).await?;
+            if std::io::stdout().is_terminal() {
+                println!("OK (version {version})");
+            }
+            Ok(())
+        }
+        Command::Del { key } => {
+            if client()?.delete(&key).await? {
+                Ok(())
+            } else {
+                Err(CliError::NotFound(format!("no value is stored under the key '{key}'")))
+            }
+        }
+        Command::Dump { prefix, json, ndjson } => {
+            let style = if json {
+                transfer::DumpStyle::Json
+            } else if ndjson {
+                transfer::DumpStyle::Ndjson
+            } else if std::io::stdout().is_terminal() {
+                transfer::DumpStyle::Table
+            } else {
+                transfer::DumpStyle::Tsv
+            };
+            transfer::dump(&client()?, prefix.as_deref(), style).await
+        }
+        Command::Stats => {
+            for (name, value) in stats(&client()?).await? {
+                println!("{name} {value}");
+            }
+            Ok(())
+        }
+        Command::Shell => shell::run(client()?).await,
+        Command::Export { prefix } => transfer::dump(&client()?, prefix.as_deref(), transfer::DumpStyle::Ndjson).await,
+        Command::Import(args) => transfer::import(&client()?, &args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kv", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+async fn get(client: &Client, key: &str) -> Result<(), CliError> {
+    let value = client
+        .get(key)
+        .await?
+        .ok_or_else(|| CliError::NotFound(format!("no value is stored under the key '{key}'")))?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&value)?;
+    // On a terminal, end the line so the prompt does not stick to the value.
+    if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Bytes, CliError> {
+    match (value, file) {
+        (_, Some(path)) => std::fs::read(path)
+            .map(Bytes::from)
+            .map_err(|err| CliError::Usage(format!("cannot read {}: {err}", path.display()))),
+        (Some("-"), None) => {
+            let mut buffer = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buffer)?;
+            Ok(Bytes::from(buffer))
+        }
+        (Some(value), None) => Ok(Bytes::from(value.to_owned())),
+        (None, None) => Err(CliError::Usage("give a value, `-` for stdin, or --file PATH".into())),
+    }
+}
+
+/// Text is stored as text so browsers and curl show it; anything else as bytes.
+pub fn default_content_type(value: &[u8]) -> &'static str {
+    if std::str::from_utf8(value).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        kv_server::dump::DEFAULT_CONTENT_TYPE
+    }
+}
+
+/// The proxy's cache figures, read from its Prometheus metrics.
+pub async fn stats(client: &Client) -> Result<Vec<(String, String)>, CliError> {
+    let metrics = client.metrics().await?;
+    let figures: Vec<(String, String)> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            let name = name.strip_prefix("kv_proxy_")?;
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            (name.starts_with("cache_") || name.starts_with("upstream_") || name == "keys")
+                .then(|| (name.replace("keys", "cache_entries"), value.to_owned()))
+        })
+        .collect();
+    if figures.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{} has no cache figures: stats come from kv-proxy, and this looks like a kv-server",
+            client.base()
+        )));
+    }
+    Ok(figures)
+}
+
+/// One line of a pair for people: key and value, quoted where needed.
+pub fn render_pair(key: &str, value: &[u8]) -> String {
+    format!("{} {}", quote::render_key(key), quote::render_value(value))
+}

@@ -88,7 +88,7 @@ pub enum Listen {
     On(SocketAddr),
 }
 
-fn parse_listen(text: &str) -> Result<Listen, String> {
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
     match text.trim() {
         "off" | "none" | "" => Ok(Listen::Off),
         addr => addr

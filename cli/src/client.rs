@@ -1,0 +1,209 @@
+//! The HTTP client the commands use: one method per API operation, and the
+//! mapping from HTTP answers to [`CliError`]s a person can act on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use kv_server::dump::Item;
+use kv_server::error::ErrorBody;
+use kv_server::key;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderValue};
+
+use crate::error::CliError;
+
+/// The condition of a conditional write.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// Only if the key is at this version (`If-Match`).
+    Version(u64),
+    /// Only if the key does not exist (`If-None-Match: *`).
+    Absent,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// `url` is the proxy's or the server's base URL. `KV_TOKEN`, when set, is
+    /// sent as a bearer token.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, CliError> {
+        let base = url.trim_end_matches('/').to_owned();
+        reqwest::Url::parse(&base).map_err(|err| CliError::Usage(format!("--url '{url}' is not a URL: {err}")))?;
+        let mut headers = header::HeaderMap::new();
+        if let Ok(token) = std::env::var("KV_TOKEN") {
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| CliError::Usage("KV_TOKEN must be printable ASCII".into()))?;
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .read_timeout(timeout)
+            .default_headers(headers)
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|err| CliError::Usage(format!("cannot build an HTTP client: {err}")))?;
+        Ok(Self { http, base })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The value of `key`, or `None` when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CliError> {
+        let response = self.send(self.http.get(self.key_url(key)?)).await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(response.bytes().await.map_err(|e| self.unreachable(&e))?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.failure(response).await),
+        }
+    }
+
+    /// Stores `value`; returns the version it got.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        content_type: &str,
+        precondition: Precondition,
+    ) -> Result<u64, CliError> {
+        let mut request = self
+            .http
+            .put(self.key_url(key)?)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(value);
+        request = match precondition {
+            Precondition::None => request,
+            Precondition::Version(version) => request.header(header::IF_MATCH, format!("\"{version}\"")),
+            Precondition::Absent => request.header(header::IF_NONE_MATCH, "*"),
+        };
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let version = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
+        Ok(version)
+    }
+
+    /// Deletes `key`; `false` when there was no such key.
+    pub async fn delete(&self, key: &str) -> Result<bool, CliError> {
+        let response = self.send(self.http.delete(self.key_url(key)?)).await?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.failure(response).await),
+        }
+    }
+
+    /// Every pair under `prefix`, in key order, streamed as NDJSON items.
+    pub async fn dump(
+        &self,
+        prefix: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<Item, CliError>> + use<>, CliError> {
+        let mut url = format!("{}/kv", self.base);
+        if let Some(prefix) = prefix {
+            url = format!("{url}?prefix={}", key::encode_query_component(prefix));
+        }
+        let request = self.http.get(url).header(header::ACCEPT, "application/x-ndjson");
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let base = self.base.clone();
+        let bytes = response
+            .bytes_stream()
+            .map_err(move |err| CliError::Unreachable(format!("the listing from {base} was cut short: {err}")));
+        Ok(ndjson_items(bytes))
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String, CliError> {
+        let response = self.send(self.http.get(format!("{}/metrics", self.base))).await?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        response.text().await.map_err(|e| self.unreachable(&e))
+    }
+
+    fn key_url(&self, key: &str) -> Result<String, CliError> {
+        key::validate(key).map_err(|err| CliError::Usage(format!("bad key: {err}")))?;
+        Ok(format!("{}{}", self.base, key::encode_path(key)))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+        request.send().await.map_err(|err| self.unreachable(&err))
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> CliError {
+        if err.is_timeout() {
+            CliError::Unreachable(format!("{} did not answer in time (see --timeout)", self.base))
+        } else {
+            CliError::Unreachable(format!(
+                "cannot reach kv at {}: is it running? Start it with `kv up`, or point --url (KV_URL) at it",
+                self.base
+            ))
+        }
+    }
+
+    /// Turns an error answer into the error of the matching exit code.
+    async fn failure(&self, response: reqwest::Response) -> CliError {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| format!("{} answered {status}", self.base));
+        match status {
+            StatusCode::NOT_FOUND => CliError::NotFound(message),
+            StatusCode::PRECONDITION_FAILED => CliError::PreconditionFailed(message),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CliError::Unauthorized(message),
+            s if s.is_client_error() => CliError::Usage(message),
+            _ => CliError::Server(message),
+        }
+    }
+}
+
+/// Splits a byte stream into NDJSON lines and parses each as an [`Item`].
+pub fn ndjson_items<S>(bytes: S) -> impl Stream<Item = Result<Item, CliError>>
+where
+    S: Stream<Item = Result<Bytes, CliError>> + Unpin,
+{
+    futures_util::stream::unfold(
+        (bytes, Vec::<u8>::new(), false),
+        |(mut bytes, mut pending, mut done)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let item = serde_json::from_slice::<Item>(&line)
+                        .map_err(|err| CliError::Server(format!("the server sent a malformed listing line: {err}")));
+                    return Some((item, (bytes, pending, done)));
+                }
+                if done {
+                    return None;
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(err)) => return Some((Err(err), (bytes, pending, true))),
+                    None => {
+                        done = true;
+                        if !pending.iter().all(u8::is_ascii_whitespace) {
+                            pending.push(b'\n');
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
