@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::dump::{self, DEFAULT_CONTENT_TYPE, Format};
 use crate::error::ApiError;
@@ -71,9 +71,8 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestBodyTimeoutLayer::new(request_timeout))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| request_deadline(request, next, request_timeout),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -88,6 +87,23 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
             )
             .into_response()
         }))
+}
+
+/// Answers 408, as JSON like every other error, when a handler takes longer
+/// than `--request-timeout` to produce its response head.
+async fn request_deadline(request: Request, next: axum::middleware::Next, limit: std::time::Duration) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {} (--request-timeout)",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// The key a request names, decoded from the raw path (never from a
@@ -119,7 +135,12 @@ async fn get_key(State(state): State<AppState>, Key(key): Key, headers: HeaderMa
 pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     let etag = etag(entry.version);
     if not_modified {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        let cache_control = HeaderValue::from_static("no-cache");
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+        )
+            .into_response();
     }
     let content_type =
         HeaderValue::from_str(&entry.content_type).unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
