@@ -8,7 +8,9 @@
 //! - [`shell`]: the interactive prompt, speaking the telnet adapter's commands.
 //! - [`transfer`]: `kv export` and `kv import`, streamed.
 //! - [`up`]: server and proxy together in one process.
+//! - [`bench`]: the load generator.
 
+pub mod bench;
 pub mod client;
 pub mod error;
 pub mod shell;
@@ -97,6 +99,8 @@ pub enum Command {
     },
     /// Load pairs from an NDJSON file (as `kv export` writes); `-` reads stdin.
     Import(transfer::ImportArgs),
+    /// Measure throughput and latency over HTTP (--url), the line protocol (--line) or RESP (--resp).
+    Bench(bench::BenchArgs),
     /// Print a shell completion script: `kv completions bash > /etc/bash_completion.d/kv`.
     Completions { shell: clap_complete::Shell },
 }
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Shell => shell::run(client()?).await,
         Command::Export { prefix } => transfer::dump(&client()?, prefix.as_deref(), transfer::DumpStyle::Ndjson).await,
         Command::Import(args) => transfer::import(&client()?, &args).await,
+        Command::Bench(args) => bench::run(args, &cli.url).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kv", &mut std::io::stdout());
             Ok(())
