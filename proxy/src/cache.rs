@@ -24,6 +24,7 @@ use moka::future::Cache as Moka;
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// One cached value, with what its response needs prebuilt.
@@ -72,7 +73,7 @@ impl CacheStatus {
     }
 }
 
-/// The cache's counters, exported on `/metrics` and by `STATS`.
+/// The cache's counters (and its size in bytes), exported on `/metrics` and by `STATS`.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     pub hits: Counter,
@@ -82,6 +83,10 @@ pub struct Counters {
     pub expirations: Counter,
     pub upstream_requests: Counter,
     pub upstream_errors: Counter,
+    /// Weighted bytes held, as the `--cache-max-bytes` bound counts them.
+    /// Moka only knows this after its housekeeping, so [`Cache::size`] refreshes
+    /// it on every `/metrics` scrape and `STATS`.
+    pub bytes: Gauge,
 }
 
 impl Counters {
@@ -108,6 +113,11 @@ impl Counters {
             "upstream_errors",
             "Upstream requests that failed or timed out",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held in the cache, counting keys, values and headers",
+            self.bytes.clone(),
         );
     }
 }
@@ -232,7 +242,9 @@ impl Cache {
     /// Entries and weighted bytes, after moka's pending housekeeping.
     pub async fn size(&self) -> (u64, u64) {
         self.entries.run_pending_tasks().await;
-        (self.entries.entry_count(), self.entries.weighted_size())
+        let bytes = self.entries.weighted_size();
+        self.counters.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        (self.entries.entry_count(), bytes)
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {

@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
 
+    /// Test hook: wait this long between reading a miss from the upstream and
+    /// caching it, to widen the stale-fill race window on purpose.
+    #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]
+    pub debug_fill_delay: Duration,
+
     #[command(flatten)]
     pub telnet: TelnetLimits,
 
@@ -110,6 +115,7 @@ impl Config {
             upstream_timeout: Duration::from_secs(5),
             stale_if_error: Duration::ZERO,
             max_value_bytes: 1 << 20,
+            debug_fill_delay: Duration::ZERO,
             telnet: TelnetLimits::default(),
             http: HttpLimits::default(),
         }

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use bytes::Bytes;
 
 /// Why the upstream did not give a usable answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
     /// Connection refused, reset, or a malformed answer: 502.
     #[error("the upstream kv-server at {upstream} cannot be reached: {cause}")]
@@ -33,7 +33,7 @@ pub struct Fetched {
 }
 
 /// An upstream answer passed through to the client as it came.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Passed {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -177,11 +177,17 @@ impl Forward {
         body: Bytes,
     ) -> Result<Passed, ForwardError> {
         let path = kv_server::key::encode_path(key);
+        let is_put = method == Method::PUT;
         let mut request = self.request(method, &path);
         for name in &FORWARDED_HEADERS {
             for value in headers.get_all(name) {
                 request = request.header(name, value);
             }
+        }
+        if is_put {
+            // Stated even for an empty value, which hyper would otherwise send
+            // with no length at all (and the server answers 411).
+            request = request.header(header::CONTENT_LENGTH, body.len());
         }
         let response = request.body(body).send().await.map_err(|e| self.error(e))?;
         self.collect(response).await

@@ -2,7 +2,7 @@
 //! front and the telnet adapter: read-through GET, write-then-invalidate PUT
 //! and DELETE, pass-through DUMP.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
@@ -26,7 +26,7 @@ impl Lookup {
 }
 
 /// Why a GET could not be answered from the cache or the upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -39,11 +39,33 @@ pub enum ReadError {
 pub struct Proxy {
     pub cache: Cache,
     pub forward: Forward,
+    /// Test hook (`--debug-fill-delay`): a pause between an upstream read and its cache insert.
+    fill_delay: Duration,
+    /// The last failed fill of each key, and when it failed; see [`Proxy::get`].
+    failures: moka::future::Cache<String, Arc<(Instant, ReadError)>>,
 }
+
+/// How long a failed fill is remembered for the misses that queued behind it.
+/// Anything past one upstream timeout is only a safety margin.
+const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 impl Proxy {
     pub fn new(cache: Cache, forward: Forward) -> Self {
-        Self { cache, forward }
+        let failures = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(FAILURE_MEMORY)
+            .build();
+        Self {
+            cache,
+            forward,
+            fill_delay: Duration::ZERO,
+            failures,
+        }
+    }
+
+    pub fn with_fill_delay(mut self, delay: Duration) -> Self {
+        self.fill_delay = delay;
+        self
     }
 
     pub async fn get(&self, key: &str) -> Result<Lookup, ReadError> {
@@ -56,12 +78,23 @@ impl Proxy {
             });
         }
         counters.misses.inc();
-        let forward = &self.forward;
+        let (forward, fill_delay, failures) = (&self.forward, self.fill_delay, &self.failures);
+        let queued_at = Instant::now();
         let filled = self
             .cache
             .fill(key, || async move {
+                // Single-flight for failures too: when the fill this miss queued
+                // behind failed, its answer is ours. Asking again in turn would make
+                // the n-th of n concurrent misses wait n upstream timeouts.
+                if let Some(failure) = failures.get(key).await.filter(|f| f.0 >= queued_at) {
+                    return Err(failure.1.clone());
+                }
                 counters.upstream_requests.inc();
-                match forward.read(key).await {
+                let read = forward.read(key).await;
+                if !fill_delay.is_zero() {
+                    tokio::time::sleep(fill_delay).await;
+                }
+                let result = match read {
                     Ok(Read::Found(f)) => Ok(Some(Cached::new(f.value, f.content_type, f.version))),
                     Ok(Read::NotFound) => Ok(None),
                     Ok(Read::Other(passed)) => Err(ReadError::Upstream(passed)),
@@ -69,7 +102,13 @@ impl Proxy {
                         counters.upstream_errors.inc();
                         Err(ReadError::Forward(err))
                     }
+                };
+                if let Err(err) = &result {
+                    failures
+                        .insert(key.to_owned(), Arc::new((Instant::now(), err.clone())))
+                        .await;
                 }
+                result
             })
             .await;
         match filled {

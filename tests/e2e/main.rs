@@ -4,5 +4,6 @@
 
 mod cli;
 mod proxy;
+mod robustness;
 mod server;
 mod telnet;

@@ -122,12 +122,19 @@ pub fn looks_like_http(line: &[u8]) -> bool {
     if first.eq_ignore_ascii_case(b"POST") || first.eq_ignore_ascii_case(b"Host:") {
         return true;
     }
-    // `GET /path HTTP/1.1`, `PUT /kv/x HTTP/1.0`, `OPTIONS * HTTP/2`...
+    // `GET /path HTTP/1.1`, `PUT /kv/x HTTP/1.0`, `OPTIONS * HTTP/2`...: a request
+    // target (a path, `*` or an absolute URL) before the version, so that a
+    // command storing the text `HTTP/1.1` under an ordinary key still runs.
     let words: Vec<&[u8]> = rest
         .split(|b| b.is_ascii_whitespace())
         .filter(|w| !w.is_empty())
         .collect();
-    matches!(words.as_slice(), [_, version] if version.len() >= 6 && version[..5].eq_ignore_ascii_case(b"HTTP/"))
+    let is_target = |word: &[u8]| {
+        let scheme = |s: &[u8]| word.len() > s.len() && word[..s.len()].eq_ignore_ascii_case(s);
+        word.starts_with(b"/") || word == b"*" || scheme(b"http://") || scheme(b"https://")
+    };
+    matches!(words.as_slice(), [target, version]
+        if is_target(target) && version.len() >= 6 && version[..5].eq_ignore_ascii_case(b"HTTP/"))
 }
 
 fn truncate(name: &str) -> String {
@@ -274,6 +281,8 @@ mod tests {
         assert!(!looks_like_http(b"GET name"));
         assert!(!looks_like_http(b"PUT name Derek Moss"));
         assert!(!looks_like_http(b"PUT http HTTP/1"));
+        assert!(!looks_like_http(b"PUT protocol HTTP/1.1"));
+        assert!(looks_like_http(b"GET http://kv/ HTTP/1.1"));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Connection<R, W> {
     telnet: Telnet,
     /// Skipping the rest of an over-long line.
     skipping: bool,
+    /// Whether the last byte skipped was a CR, in case the LF after it comes
+    /// in the next read.
+    skipped_cr: bool,
     /// Reply with CRLF (telnet) or LF (nc, scripts), as the client writes.
     crlf: bool,
 }
@@ -54,6 +57,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
             max_line,
             telnet: Telnet::Data,
             skipping: false,
+            skipped_cr: false,
             crlf: true,
         }
     }
@@ -109,11 +113,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
             let newline = self.pending.iter().position(|&b| b == b'\n');
             let take = newline.map_or(self.pending.len(), |i| i + 1);
             if self.skipping {
-                self.pending.drain(..take);
-                if newline.is_some() {
+                if let Some(i) = newline {
+                    // The refusal is a reply like any other: it ends as the skipped line did.
+                    self.crlf = if i == 0 {
+                        self.skipped_cr
+                    } else {
+                        self.pending[i - 1] == b'\r'
+                    };
+                    self.pending.drain(..take);
                     self.skipping = false;
                     return Some(Frame::TooLong);
                 }
+                self.skipped_cr = self.pending.last() == Some(&b'\r');
+                self.pending.clear();
                 continue;
             }
             let room = self.max_line.saturating_sub(self.line.len());
@@ -122,6 +134,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 // Over the limit: forget what we have and skip to the newline.
                 self.line = Vec::new();
                 self.skipping = true;
+                self.skipped_cr = false;
                 continue;
             }
             self.line.extend_from_slice(&self.pending[..content]);
@@ -186,6 +199,15 @@ mod tests {
             frames(b"PUT k \xff\xff\n", 100).await,
             vec![Frame::Line(b"PUT k \xff".to_vec())]
         );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_line_sets_the_line_ending_of_its_refusal() {
+        for (input, crlf) in [(&b"xxxxxxxxxxxx\n"[..], false), (b"xxxxxxxxxxxx\r\n", true)] {
+            let mut connection = Connection::new(input, tokio::io::sink(), 10);
+            assert_eq!(connection.read_frame().await.unwrap(), Some(Frame::TooLong));
+            assert_eq!(connection.crlf, crlf, "{input:?}");
+        }
     }
 
     #[tokio::test]
