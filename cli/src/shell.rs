@@ -25,7 +25,7 @@ pub async fn run(client: Client) -> Result<(), CliError> {
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            if !execute_line(&client, &line).await {
+            if !execute_line(&client, &line).await? {
                 break;
             }
         }
@@ -48,7 +48,7 @@ pub async fn run(client: Client) -> Result<(), CliError> {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
-                if !execute_line(&client, line.as_bytes()).await {
+                if !execute_line(&client, line.as_bytes()).await? {
                     break;
                 }
             }
@@ -63,65 +63,80 @@ pub async fn run(client: Client) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Runs one line; `false` when the session should end.
-async fn execute_line(client: &Client, line: &[u8]) -> bool {
+/// Runs one line; `Ok(false)` when the session should end. Replies go out
+/// with `writeln!`, not `println!`, so that a closed stdout ends the session
+/// instead of panicking.
+async fn execute_line(client: &Client, line: &[u8]) -> Result<bool, CliError> {
     let command = match Command::parse(line) {
         Ok(Some(command)) => command,
-        Ok(None) => return true,
+        Ok(None) => return Ok(true),
         Err(err) => {
-            println!("ERR {err}");
-            return true;
+            reply(format_args!("ERR {err}"))?;
+            return Ok(true);
         }
     };
     if let Command::Quit = command {
-        println!("BYE");
-        return false;
+        reply(format_args!("BYE"))?;
+        return Ok(false);
     }
-    if let Err(err) = execute(client, command).await {
-        println!("ERR {err}");
+    match execute(client, command).await {
+        Ok(()) => {}
+        Err(err @ (CliError::OutputClosed | CliError::Io(_))) => return Err(err),
+        Err(err) => reply(format_args!("ERR {err}"))?,
     }
-    let _ = std::io::stdout().flush();
-    true
+    Ok(true)
+}
+
+/// Writes one reply line and sends it on at once.
+fn reply(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
 }
 
 async fn execute(client: &Client, command: Command) -> Result<(), CliError> {
     match command {
         Command::Get { key } => match client.get(&key).await? {
-            Some(value) => println!("VALUE {}", quote::render_value(&value)),
-            None => println!("NOT_FOUND"),
+            Some(value) => reply(format_args!("VALUE {}", quote::render_value(&value)))?,
+            None => reply(format_args!("NOT_FOUND"))?,
         },
         Command::Put { key, value } => {
             let content_type = crate::default_content_type(&value);
             client
                 .put(&key, Bytes::from(value), content_type, Precondition::None)
                 .await?;
-            println!("OK");
+            reply(format_args!("OK"))?;
         }
-        Command::Del { key } => println!("{}", if client.delete(&key).await? { "OK" } else { "NOT_FOUND" }),
+        Command::Del { key } => {
+            let found = client.delete(&key).await?;
+            reply(format_args!("{}", if found { "OK" } else { "NOT_FOUND" }))?;
+        }
         Command::Dump { prefix } => {
             let mut items = Box::pin(client.dump(prefix.as_deref()).await?);
             let mut count = 0u64;
             while let Some(item) = items.next().await {
                 let item = item?;
                 let value = item.value_bytes().map_err(CliError::Server)?;
-                println!("{}", crate::render_pair(&item.key, &value));
+                reply(format_args!("{}", crate::render_pair(&item.key, &value)))?;
                 count += 1;
             }
-            println!("END {count}");
+            reply(format_args!("END {count}"))?;
         }
         Command::Stats => {
             for (name, value) in crate::stats(client).await? {
-                println!("{name} {value}");
+                reply(format_args!("{name} {value}"))?;
             }
-            println!("END");
+            reply(format_args!("END"))?;
         }
         Command::Help => {
             for line in HELP {
-                println!("{line}");
+                reply(format_args!("{line}"))?;
             }
-            println!("END");
+            reply(format_args!("END"))?;
         }
         Command::Quit => unreachable!("handled by the caller"),
+        Command::Auth { .. } => println!("ERR the shell authenticates with KV_TOKEN; AUTH is for telnet"),
     }
     Ok(())
 }

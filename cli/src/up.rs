@@ -33,12 +33,17 @@ pub struct UpArgs {
     /// How long the proxy serves a cached GET before asking the server again.
     #[arg(long, env = "KV_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub cache_ttl: Duration,
+
+    #[command(flatten)]
+    pub auth: kv_server::auth::AuthArgs,
 }
 
 pub async fn run(args: UpArgs) -> Result<(), CliError> {
     kv_server::init_tracing();
-    let server = kv_server::Server::open(kv_server::Config::with_data_dir(args.data_dir.clone()))
-        .map_err(|err| CliError::Usage(err.to_string()))?;
+    let mut server_config = kv_server::Config::with_data_dir(args.data_dir.clone());
+    server_config.listen = args.server_listen;
+    server_config.auth = args.auth.clone();
+    let server = kv_server::Server::open(server_config).map_err(|err| CliError::Usage(err.to_string()))?;
     let server_listener = bind(args.server_listen, "--server-listen").await?;
     let server_addr = server_listener.local_addr()?;
     let proxy_listener = bind(args.listen, "--listen").await?;
@@ -51,6 +56,9 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
 
     let mut proxy_config = kv_proxy::Config::with_upstream(format!("http://{server_addr}"));
     proxy_config.cache_ttl = args.cache_ttl;
+    proxy_config.listen = args.listen;
+    proxy_config.telnet_listen = args.telnet_listen;
+    proxy_config.auth = args.auth.clone();
     let proxy = kv_proxy::ProxyServer::new(proxy_config).map_err(CliError::Usage)?;
 
     print_banner(proxy_addr, server_addr, telnet_addr, &args.data_dir);

@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use kv_server::auth::AuthArgs;
 use kv_server::serve::HttpLimits;
 use kv_server::units::{parse_duration, parse_size};
 
@@ -55,8 +58,16 @@ pub struct Config {
     #[command(flatten)]
     pub telnet: TelnetLimits,
 
+    /// A file holding the token to present to the upstream; by default the
+    /// proxy's own token (--token-file / KV_TOKEN).
+    #[arg(long, env = "KV_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub http: HttpLimits,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Limits of the telnet adapter.
@@ -117,7 +128,9 @@ impl Config {
             max_value_bytes: 1 << 20,
             debug_fill_delay: Duration::ZERO,
             telnet: TelnetLimits::default(),
+            upstream_token_file: None,
             http: HttpLimits::default(),
+            auth: AuthArgs::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct ProxyState {
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
+    /// Checked before the cache is consulted.
+    pub token: Option<kv_server::auth::Token>,
 }
 
 pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
@@ -36,6 +38,10 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(
+            state.token.clone(),
+            kv_server::auth::require_token,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -27,6 +27,7 @@ pub use config::Config;
 /// A configured proxy, not yet listening.
 pub struct ProxyServer {
     config: Config,
+    token: Option<kv_server::auth::Token>,
     proxy: proxy::Proxy,
     metrics: Arc<Metrics>,
 }
@@ -34,7 +35,25 @@ pub struct ProxyServer {
 impl ProxyServer {
     /// Builds the cache and the upstream client; fails on a malformed `--upstream`.
     pub fn new(config: Config) -> Result<Self, String> {
-        let forward = forward::Forward::new(&config.upstream, config.upstream_timeout, None)?;
+        let token = config.auth.load()?;
+        let mut exposed = vec![(config.listen, "--listen")];
+        if let config::Listen::On(addr) = config.telnet_listen {
+            exposed.push((addr, "--telnet-listen"));
+        }
+        config.auth.check_exposure(token.as_ref(), &exposed)?;
+        let upstream_token = match &config.upstream_token_file {
+            Some(path) => kv_server::auth::AuthArgs {
+                token_file: Some(path.clone()),
+                ..Default::default()
+            }
+            .load()?,
+            None => token.clone(),
+        };
+        let forward = forward::Forward::new(
+            &config.upstream,
+            config.upstream_timeout,
+            upstream_token.as_ref().map(kv_server::auth::Token::as_str),
+        )?;
         let cache = cache::Cache::new(cache::CacheConfig {
             ttl: config.cache_ttl,
             stale_if_error: config.stale_if_error,
@@ -42,9 +61,11 @@ impl ProxyServer {
         });
         let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
         cache.counters.register(metrics.registry_mut());
+        let proxy = proxy::Proxy::new(cache, forward).with_fill_delay(config.debug_fill_delay);
         Ok(Self {
             config,
-            proxy: proxy::Proxy::new(cache, forward),
+            token,
+            proxy,
             metrics: Arc::new(metrics),
         })
     }
@@ -65,17 +86,18 @@ impl ProxyServer {
                 "telnet adapter listening on {addr} (try: telnet {})",
                 addr.replace(':', " ")
             );
-            tokio::spawn(telnet::serve(
-                listener,
-                self.proxy.clone(),
-                self.config.telnet.clone(),
-                cancel.clone(),
-            ))
+            let shared = telnet::Session {
+                proxy: self.proxy.clone(),
+                limits: self.config.telnet.clone(),
+                token: self.token.clone(),
+            };
+            tokio::spawn(telnet::serve(listener, shared, cancel.clone()))
         });
         let state = http::ProxyState {
             proxy: self.proxy.clone(),
             metrics: self.metrics.clone(),
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
+            token: self.token.clone(),
         };
         let app = http::app(state, self.config.http.request_timeout);
         let stop = async {

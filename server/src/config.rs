@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::auth::AuthArgs;
 use crate::serve::HttpLimits;
 use crate::units::parse_size;
 
@@ -14,8 +15,8 @@ use crate::units::parse_size;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "kv-server", version, max_term_width = 100)]
 pub struct Config {
-    /// Address and port to serve HTTP on. Loopback by default; kv has no
-    /// access control yet, so expose it beyond this machine only behind one.
+    /// Address and port to serve HTTP on. Loopback by default; any other
+    /// address needs --token-file (or KV_TOKEN), or --insecure.
     #[arg(long, env = "KV_SERVER_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
 
@@ -34,6 +35,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub http: HttpLimits,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
             max_value_bytes: 1 << 20,
             store_cache: 256 << 20,
             http: HttpLimits::default(),
+            auth: AuthArgs::default(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
+    /// With a token, every route but `/healthz` needs it.
+    pub token: Option<crate::auth::Token>,
 }
 
 /// The router, built in a plain function so tests can drive it without a socket.
@@ -53,6 +55,10 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(
+            state.token.clone(),
+            crate::auth::require_token,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -7,9 +7,11 @@
 //! - [`dump`]: the shapes of DUMP (`GET /kv`) and the NDJSON item shared with import/export.
 //! - [`key`]: how a key is spelled in a URL; shared with the proxy so both agree.
 //! - [`quote`]: Redis-style quoting for the line-oriented views (telnet, text DUMP).
+//! - [`auth`]: the access token and protected mode (no token, no network).
 //! - [`serve`]: the hardened accept loop both programs use, and the shutdown signal.
 //! - [`metrics`], [`error`], [`units`]: Prometheus figures, the error body, sizes and durations.
 
+pub mod auth;
 pub mod config;
 pub mod dump;
 pub mod error;
@@ -30,21 +32,36 @@ pub use config::Config;
 use store::redb::{OpenError, RedbOptions};
 use store::{RedbStore, Store};
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("{0}")]
+    Config(String),
+}
+
 /// An opened server: the store is open and locked, nothing is listening yet.
 pub struct Server {
     config: Config,
     store: RedbStore,
+    token: Option<auth::Token>,
 }
 
 impl Server {
-    /// Opens the store in `config.data_dir`.
-    pub fn open(config: Config) -> Result<Self, OpenError> {
+    /// Checks the configuration and opens the store in `config.data_dir`.
+    pub fn open(config: Config) -> Result<Self, StartError> {
+        let token = config.auth.load().map_err(StartError::Config)?;
+        config
+            .auth
+            .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
+            .map_err(StartError::Config)?;
         let options = RedbOptions {
             cache_bytes: config.store_cache as usize,
             ..RedbOptions::default()
         };
         let store = RedbStore::open(&config.data_dir, &options)?;
-        Ok(Self { config, store })
+        Ok(Self { config, store, token })
     }
 
     pub fn store(&self) -> &RedbStore {
@@ -66,6 +83,7 @@ impl Server {
             store: Arc::new(self.store.clone()) as Arc<dyn Store>,
             metrics: Arc::new(metrics::Metrics::new("kv_server", "Keys stored")),
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
+            token: self.token.clone(),
         };
         let app = http::app(state, self.config.http.request_timeout);
         serve::serve(listener, app, &self.config.http, shutdown).await;

@@ -5,5 +5,6 @@
 mod cli;
 mod proxy;
 mod robustness;
+mod security;
 mod server;
 mod telnet;

@@ -8,6 +8,7 @@
 //! DEL <key>              (DELETE too)
 //! DUMP [<prefix>]
 //! STATS | HELP | QUIT (EXIT too)
+//! AUTH <token>           when the proxy has an access token
 //! ```
 //! Command names are case-insensitive. A key or value may be written as a
 //! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
@@ -25,6 +26,7 @@ pub enum Command {
     Stats,
     Help,
     Quit,
+    Auth { token: String },
 }
 
 /// What is wrong with a line, written to be answered as `ERR <this>`.
@@ -48,6 +50,7 @@ pub const HELP: &[&str] = &[
     "STATS                cache figures",
     "HELP                 this list",
     "QUIT                 close the connection",
+    "AUTH <token>         authenticate, when the proxy has an access token",
     "Quote keys or values holding spaces or special bytes: PUT \"my key\" \"two\\nlines\" (escapes \\\" \\\\ \\n \\r \\t \\xHH)",
 ];
 
@@ -93,6 +96,15 @@ impl Command {
             "STATS" => no_args(rest, Self::Stats, "STATS")?,
             "HELP" => Self::Help,
             "QUIT" | "EXIT" => Self::Quit,
+            "AUTH" => {
+                let (token, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage("AUTH <token>"))?;
+                if !trim_start(rest).is_empty() {
+                    return Err(ParseError::Usage("AUTH <token>"));
+                }
+                Self::Auth {
+                    token: String::from_utf8_lossy(&token).into_owned(),
+                }
+            }
             _ => return Err(ParseError::Unknown(truncate(&name))),
         };
         Ok(Some(command))
@@ -109,6 +121,7 @@ impl Command {
             Self::Stats => "STATS".into(),
             Self::Help => "HELP".into(),
             Self::Quit => "QUIT".into(),
+            Self::Auth { token } => format!("AUTH {}", quote::render_key(token)),
         }
     }
 }

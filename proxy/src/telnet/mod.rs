@@ -29,9 +29,19 @@ use crate::config::TelnetLimits;
 use crate::forward::Passed;
 use crate::proxy::{Proxy, ReadError};
 
+/// What every session shares.
+#[derive(Clone)]
+pub struct Session {
+    pub proxy: Proxy,
+    pub limits: TelnetLimits,
+    /// With a token, a session must send `AUTH <token>` before anything else.
+    pub token: Option<kv_server::auth::Token>,
+}
+
 /// Accepts telnet clients until `cancel` fires, then tells each session to
 /// end and waits for them.
-pub async fn serve(listener: TcpListener, proxy: Proxy, limits: TelnetLimits, cancel: CancellationToken) {
+pub async fn serve(listener: TcpListener, shared: Session, cancel: CancellationToken) {
+    let limits = &shared.limits;
     let slots = Arc::new(Semaphore::new(limits.telnet_max_connections));
     let tracker = TaskTracker::new();
     loop {
@@ -52,9 +62,9 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, limits: TelnetLimits, ca
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, limits, cancel) = (proxy.clone(), limits.clone(), cancel.clone());
+        let (shared, cancel) = (shared.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(err) = session(stream, &proxy, &limits, &cancel).await {
+            if let Err(err) = session(stream, &shared, &cancel).await {
                 tracing::debug!(%peer, cause = %err, "telnet session ended with an error");
             }
             drop(slot);
@@ -84,12 +94,9 @@ enum Next {
     Close,
 }
 
-async fn session(
-    stream: TcpStream,
-    proxy: &Proxy,
-    limits: &TelnetLimits,
-    cancel: &CancellationToken,
-) -> std::io::Result<()> {
+async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken) -> std::io::Result<()> {
+    let (proxy, limits) = (&shared.proxy, &shared.limits);
+    let mut authenticated = shared.token.is_none();
     let (reader, writer) = stream.into_split();
     let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
     let mut connection = Connection::new(reader, writer, max_line);
@@ -122,6 +129,24 @@ async fn session(
                 }
                 Some(Frame::Line(line)) => match Command::parse(&line) {
                     Ok(None) => Next::Continue,
+                    Ok(Some(Command::Auth { token })) => {
+                        let reply: &[u8] = match &shared.token {
+                            Some(expected) if expected.matches(token.as_bytes()) => {
+                                authenticated = true;
+                                b"OK"
+                            }
+                            Some(_) => b"ERR invalid token",
+                            None => b"ERR this proxy has no access token; AUTH is not needed",
+                        };
+                        connection.write_line(reply).await?;
+                        Next::Continue
+                    }
+                    Ok(Some(command)) if !authenticated && !matches!(command, Command::Quit | Command::Help) => {
+                        connection
+                            .write_line(b"ERR authentication required: send AUTH <token> first")
+                            .await?;
+                        Next::Continue
+                    }
                     Ok(Some(command)) => execute(command, proxy, &mut connection).await?,
                     Err(err) => {
                         connection.write_line(error_line(&err).as_bytes()).await?;
@@ -201,6 +226,7 @@ where
             out.write_line(b"BYE").await?;
             return Ok(Next::Close);
         }
+        Command::Auth { .. } => unreachable!("AUTH is answered by the session loop"),
     }
     Ok(Next::Continue)
 }

@@ -1,0 +1,165 @@
+//! Access control: a shared bearer token, and Redis-style protected mode.
+//!
+//! Every listener binds to loopback unless told otherwise. Binding anywhere
+//! else needs a token (`--token-file`, or `KV_TOKEN`) or an explicit
+//! `--insecure`, so a store is never exposed to a network by accident. With a
+//! token, every HTTP route but `/healthz` wants `Authorization: Bearer
+//! <token>`; the comparison takes constant time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// The access-control flags both programs take.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthArgs {
+    /// A file whose first line is the access token clients must present
+    /// (`Authorization: Bearer <token>`, or `AUTH <token>` over telnet).
+    #[arg(long, env = "KV_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The access token itself (prefer --token-file: a file is not visible in `ps`).
+    #[arg(long = "token", env = "KV_TOKEN", hide_env_values = true, hide = true)]
+    pub token: Option<String>,
+
+    /// Allow listening on a non-loopback address without a token. Anyone who
+    /// can reach the port can then read and write everything.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl AuthArgs {
+    /// Reads the token, if one is configured.
+    pub fn load(&self) -> Result<Option<Token>, String> {
+        let text = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            (None, Some(token)) => token.trim().to_owned(),
+            (None, None) => return Ok(None),
+        };
+        Token::new(&text).map(Some)
+    }
+
+    /// Refuses a non-loopback address unless there is a token or `--insecure`.
+    pub fn check_exposure(&self, token: Option<&Token>, addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
+        if token.is_some() || self.insecure {
+            return Ok(());
+        }
+        match addrs.iter().find(|(addr, _)| !addr.ip().is_loopback()) {
+            None => Ok(()),
+            Some((addr, flag)) => Err(format!(
+                "refusing to listen on {addr} ({flag}) without an access token: anyone on the network could \
+                 read and write every key. Set --token-file (or KV_TOKEN), or pass --insecure if the network is trusted"
+            )),
+        }
+    }
+}
+
+/// A shared secret, compared in constant time.
+#[derive(Clone)]
+pub struct Token(Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.len() < 8 {
+            return Err("the access token must be at least 8 characters long".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the access token must be printable ASCII without spaces".into());
+        }
+        Ok(Self(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is the token, in time that does not depend on where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(candidate))
+    }
+
+    /// Whether an `Authorization` header carries the token.
+    pub fn authorizes(&self, header: Option<&HeaderValue>) -> bool {
+        header
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|candidate| self.matches(candidate))
+    }
+}
+
+/// Middleware: with a token configured, every route but `/healthz` needs it.
+/// It runs before any handler, so a cached entry is never served to a
+/// request that did not authenticate.
+pub async fn require_token(State(token): State<Option<Token>>, request: Request, next: Next) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" || token.authorizes(request.headers().get(header::AUTHORIZATION)) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this kv needs an access token: send Authorization: Bearer <token> (the kv CLI sends KV_TOKEN)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let token = Token::new("s3cret-token").unwrap();
+        assert!(token.authorizes(Some(&HeaderValue::from_static("Bearer s3cret-token"))));
+        assert!(!token.authorizes(Some(&HeaderValue::from_static("Bearer s3cret-tokeN"))));
+        assert!(!token.authorizes(Some(&HeaderValue::from_static("s3cret-token"))));
+        assert!(!token.authorizes(None));
+        assert!(Token::new("short").is_err());
+        assert!(Token::new("has a space").is_err());
+    }
+
+    #[test]
+    fn protected_mode() {
+        let args = AuthArgs::default();
+        let loopback: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        assert!(args.check_exposure(None, &[(loopback, "--listen")]).is_ok());
+        assert!(
+            args.check_exposure(None, &[(any, "--listen")])
+                .unwrap_err()
+                .contains("--token-file")
+        );
+        let token = Token::new("s3cret-token").unwrap();
+        assert!(args.check_exposure(Some(&token), &[(any, "--listen")]).is_ok());
+        let insecure = AuthArgs {
+            insecure: true,
+            ..AuthArgs::default()
+        };
+        assert!(insecure.check_exposure(None, &[(any, "--listen")]).is_ok());
+    }
+}
