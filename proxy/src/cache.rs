@@ -203,10 +203,10 @@ impl Cache {
             .entries
             .entry(key.to_owned())
             .and_try_compute_with(|current| async move {
-                if let Some(current) = current {
-                    if this.is_fresh(current.value()) {
-                        return Ok(Op::Nop);
-                    }
+                if let Some(current) = current
+                    && this.is_fresh(current.value())
+                {
+                    return Ok(Op::Nop);
                 }
                 Ok(match fetch().await? {
                     Some(fetched) => Op::Put(Arc::new(fetched)),

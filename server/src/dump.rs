@@ -157,10 +157,10 @@ pub fn html_page(entries: &[Entry], prefix: &str, limit: usize, next: Option<&st
         "th{background:#f4f4f4}.muted{color:#777}",
         "</style></head><body>\n<h1>kv</h1>\n",
     ));
-    let _ = write!(
+    let _ = writeln!(
         page,
         "<form method=\"get\" action=\"/kv\"><label>Prefix <input name=\"prefix\" value=\"{}\"></label> \
-         <input type=\"hidden\" name=\"limit\" value=\"{limit}\"><button type=\"submit\">Filter</button></form>\n",
+         <input type=\"hidden\" name=\"limit\" value=\"{limit}\"><button type=\"submit\">Filter</button></form>",
         escape_html(prefix)
     );
     match total_keys {

@@ -181,10 +181,8 @@ async fn put_key(State(state): State<AppState>, Key(key): Key, request: Request)
             let headers = response.headers_mut();
             headers.insert(header::ETAG, etag(revision));
             headers.insert(X_KV_REVISION.clone(), HeaderValue::from(revision));
-            if created {
-                if let Ok(location) = HeaderValue::from_str(&key::encode_path(&key)) {
-                    headers.insert(header::LOCATION, location);
-                }
+            if created && let Ok(location) = HeaderValue::from_str(&key::encode_path(&key)) {
+                headers.insert(header::LOCATION, location);
             }
             Ok(response)
         }

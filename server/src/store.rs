@@ -116,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
     /// The number of keys stored.
     fn len(&self) -> Result<u64, StoreError>;
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
     /// The latest revision the store has acknowledged.
     fn revision(&self) -> u64;
     /// Whether the store is able to take writes.

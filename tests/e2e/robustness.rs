@@ -255,11 +255,11 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
                 break;
             }
             let mut buf = [0u8; 256];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
-                if n == 0 || buf.starts_with(b"HTTP/1.1 408") {
-                    closed_after = Some(started.elapsed());
-                    break;
-                }
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+                && (n == 0 || buf.starts_with(b"HTTP/1.1 408"))
+            {
+                closed_after = Some(started.elapsed());
+                break;
             }
         }
         let closed_after = closed_after.expect("the slow connection was never closed");

@@ -175,8 +175,11 @@ fn split_word(bytes: &[u8]) -> (&[u8], &[u8]) {
     bytes.split_at(end)
 }
 
+/// A token and the rest of the line after it.
+type Token<'a> = (Vec<u8>, &'a [u8]);
+
 /// One token: a quoted string or a bare word. `None` at the end of the line.
-fn token(bytes: &[u8]) -> Result<Option<(Vec<u8>, &[u8])>, ParseError> {
+fn token(bytes: &[u8]) -> Result<Option<Token<'_>>, ParseError> {
     if bytes.is_empty() {
         return Ok(None);
     }

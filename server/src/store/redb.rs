@@ -33,6 +33,8 @@ const REVISION: &str = "revision";
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
+/// What [`RedbStore::path`] reports for a store over a custom backend.
+pub const CUSTOM_BACKEND_PATH: &str = "<custom backend>";
 
 /// A group is cut at this many writes or bytes, so one commit stays bounded.
 const MAX_GROUP_OPS: usize = 4096;
@@ -107,19 +109,54 @@ impl RedbStore {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
+        let io_err = |e: std::io::Error| OpenError::Engine {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        if !path.try_exists().unwrap_or(true) {
+            create_file(data_dir, &path).map_err(io_err)?;
+        }
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(&path);
+        if db.is_ok() {
+            // The file's directory entry (and the directory's own, if it is new) must be
+            // durable before a write is acknowledged, or a power loss can take the file away.
+            sync_dir(data_dir).map_err(io_err)?;
+            sync_dir(
+                data_dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )
+            .map_err(io_err)?;
+        }
+        Self::start(db, path, options)
+    }
+
+    /// Opens (or creates) the store over any redb storage backend instead of a
+    /// file in a directory. It exists for crash and fault-injection tests (a
+    /// backend that loses what was not synced, or fails the kth write or sync)
+    /// and for other media. Locking is the backend's business; [`Self::path`]
+    /// reports [`CUSTOM_BACKEND_PATH`].
+    pub fn open_with_backend(backend: impl ::redb::StorageBackend, options: &RedbOptions) -> Result<Self, OpenError> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(backend);
+        Self::start(db, PathBuf::from(CUSTOM_BACKEND_PATH), options)
+    }
+
+    /// Creates the tables, reads the revision and starts the writer thread.
+    fn start(db: Result<Database, DatabaseError>, path: PathBuf, options: &RedbOptions) -> Result<Self, OpenError> {
         let engine_err = |e: &dyn std::fmt::Display| OpenError::Engine {
             path: path.clone(),
             message: e.to_string(),
         };
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)
-            .map_err(|err| match err {
-                DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen { path: path.clone() },
-                other => engine_err(&other),
-            })?;
+        let db = db.map_err(|err| match err {
+            DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen { path: path.clone() },
+            other => engine_err(&other),
+        })?;
         // Create the tables up front so that readers never meet a missing table.
-        let txn = db.begin_write().map_err(|e| engine_err(&e))?;
+        let mut txn = db.begin_write().map_err(|e| engine_err(&e))?;
+        txn.set_two_phase_commit(options.two_phase_commit);
         let revision = {
             txn.open_table(DATA).map_err(|e| engine_err(&e))?;
             let meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
@@ -152,7 +189,8 @@ impl RedbStore {
         })
     }
 
-    /// The database file.
+    /// The database file, or [`CUSTOM_BACKEND_PATH`] for a store opened with
+    /// [`Self::open_with_backend`].
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -236,6 +274,41 @@ impl Store for RedbStore {
         }
         .boxed()
     }
+}
+
+/// Creates an empty database at `path` atomically: redb initialises it under a
+/// temporary name, and it takes its real name (by a hard link, which never
+/// replaces a file another server has just created) only once redb has synced
+/// it. A power loss during redb's initialisation would otherwise leave a file
+/// without redb's magic number, which redb refuses to open ever after. A crash
+/// here leaves at most a stray `kv.redb.new-<pid>` and no `kv.redb`.
+fn create_file(data_dir: &Path, path: &Path) -> std::io::Result<()> {
+    let temp = data_dir.join(format!("{FILE_NAME}.new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    drop(Database::builder().create(&temp).map_err(std::io::Error::other)?);
+    // Fails when another server created the file first (its lock then decides
+    // who runs), or where there are no hard links (redb then creates it in place).
+    let _ = std::fs::hard_link(&temp, path);
+    std::fs::remove_file(&temp)
+}
+
+/// Makes a directory's entries durable (a no-op where directories cannot be synced).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            return Err(e);
+        }
+        _ => {}
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
