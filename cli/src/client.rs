@@ -80,6 +80,9 @@ impl Client {
             .http
             .put(self.key_url(key)?)
             .header(header::CONTENT_TYPE, content_type)
+            // Stated even for an empty value, which hyper would otherwise send
+            // with no length at all (and HTTP/1 servers answer 411).
+            .header(header::CONTENT_LENGTH, value.len())
             .body(value);
         request = match precondition {
             Precondition::None => request,

@@ -24,6 +24,10 @@ pub enum CliError {
     /// Exit 3: a local I/O failure (reading a file, writing stdout).
     #[error("{0}")]
     Io(String),
+    /// Exit 0, quietly: whoever read our stdout has stopped (`kv dump | head`),
+    /// which is how such a pipeline ends, not a failure of ours.
+    #[error("the output was closed by its reader")]
+    OutputClosed,
 }
 
 impl CliError {
@@ -33,12 +37,17 @@ impl CliError {
             Self::Usage(_) => 2,
             Self::Unreachable(_) | Self::Server(_) | Self::Io(_) => 3,
             Self::Unauthorized(_) => 4,
+            Self::OutputClosed => 0,
         }
     }
 }
 
 impl From<std::io::Error> for CliError {
     fn from(err: std::io::Error) -> Self {
-        Self::Io(err.to_string())
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::OutputClosed
+        } else {
+            Self::Io(err.to_string())
+        }
     }
 }

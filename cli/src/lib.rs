@@ -152,8 +152,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             transfer::dump(&client()?, prefix.as_deref(), style).await
         }
         Command::Stats => {
-            for (name, value) in stats(&client()?).await? {
-                println!("{name} {value}");
+            let figures = stats(&client()?).await?;
+            let mut out = std::io::stdout().lock();
+            for (name, value) in figures {
+                writeln!(out, "{name} {value}")?;
             }
             Ok(())
         }
@@ -162,7 +164,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Import(args) => transfer::import(&client()?, &args).await,
         Command::Bench(args) => bench::run(args, &cli.url).await,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kv", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kv", &mut script);
+            std::io::stdout().write_all(&script)?;
             Ok(())
         }
     }

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(kv_cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(kv_cli::CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kv: {err}");
             ExitCode::from(err.exit_code())

@@ -51,7 +51,7 @@ pub async fn dump(client: &Client, prefix: Option<&str>, style: DumpStyle) -> Re
                 }
                 let mut clean = item;
                 clean.version = None;
-                serde_json::to_writer(&mut out, &clean).map_err(|e| CliError::Io(e.to_string()))?;
+                out.write_all(&serde_json::to_vec(&clean).map_err(|e| CliError::Io(e.to_string()))?)?;
                 if style == DumpStyle::Ndjson {
                     out.write_all(b"\n")?;
                 }
@@ -77,7 +77,8 @@ pub async fn dump(client: &Client, prefix: Option<&str>, style: DumpStyle) -> Re
     match style {
         DumpStyle::Json => out.write_all(b"]\n")?,
         DumpStyle::Table => {
-            write_table(&mut out, &mut batch, count <= TABLE_BATCH)?;
+            // The header only if no full batch (which had it) was written above.
+            write_table(&mut out, &mut batch, count < TABLE_BATCH)?;
             writeln!(out, "({count} {})", if count == 1 { "pair" } else { "pairs" })?;
         }
         DumpStyle::Tsv | DumpStyle::Ndjson => {}
