@@ -15,11 +15,25 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         // The test binary is target/<profile>/deps/e2e-<hash>.
         let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_owned();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--bins", "-p", "kv-server", "-p", "kv-proxy", "-p", "kv-cli"]);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "kv-server",
+            "-p",
+            "kv-proxy",
+            "-p",
+            "kv-cli",
+        ]);
         if release {
             build.arg("--release");
         }
@@ -46,7 +60,11 @@ impl Program {
     /// returns the program and, for each marker, the rest of the line after it.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], markers: &[&str]) -> (Self, Vec<String>) {
         let mut command = Command::new(bin(name));
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         command.env("RUST_LOG", "info").env_remove("KV_TOKEN");
         for (key, value) in envs {
             command.env(key, value);
@@ -64,7 +82,7 @@ impl Program {
                 }
             });
         }
-        let mut program = Self { child, log, lines };
+        let program = Self { child, log, lines };
         let mut found = vec![None; markers.len()];
         let deadline = Instant::now() + Duration::from_secs(30);
         while found.iter().any(Option::is_none) {
@@ -95,7 +113,11 @@ impl Program {
 
     /// Sends a signal by name (`INT`, `TERM`, `KILL`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("run kill");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -113,7 +135,11 @@ impl Program {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the program did not stop after SIG{signal}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the program did not stop after SIG{signal}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -162,7 +188,31 @@ impl Server {
         all.extend_from_slice(args);
         let (program, found) = Program::start("kv-server", &all, &[], &["listening on http://"]);
         let addr = addr_after(&found[0]);
-        Self { program, addr, url: format!("http://{addr}"), data_dir: data_dir.to_owned(), _temp: None }
+        Self {
+            program,
+            addr,
+            url: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
+    }
+
+    /// A server on `data_dir` listening on a given address, to come back on the
+    /// port a client (a proxy, say) already points at.
+    pub fn start_on(data_dir: &Path, listen: SocketAddr, args: &[&str]) -> Self {
+        let dir = data_dir.to_str().expect("utf-8 path");
+        let listen = listen.to_string();
+        let mut all = vec!["--listen", listen.as_str(), "--data-dir", dir];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start("kv-server", &all, &[], &["listening on http://"]);
+        let addr = addr_after(&found[0]);
+        Self {
+            program,
+            addr,
+            url: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
     }
 
     /// kill -9 the server and start a new one on the same data directory.
@@ -184,23 +234,58 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str, args: &[&str]) -> Self {
-        let mut all = vec!["--listen", "127.0.0.1:0", "--telnet-listen", "127.0.0.1:0", "--upstream", upstream];
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--telnet-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+        ];
         all.extend_from_slice(args);
-        let (program, found) =
-            Program::start("kv-proxy", &all, &[], &["kv-proxy listening on http://", "telnet adapter listening on "]);
+        let (program, found) = Program::start(
+            "kv-proxy",
+            &all,
+            &[],
+            &["kv-proxy listening on http://", "telnet adapter listening on "],
+        );
         let http = addr_after(&found[0]);
         let telnet = addr_after(&found[1]);
-        Self { program, url: format!("http://{http}"), telnet }
+        Self {
+            program,
+            url: format!("http://{http}"),
+            telnet,
+        }
     }
 }
 
 /// An HTTP client for tests: no proxy from the environment, a generous timeout.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
 }
 
 /// A port on loopback with nothing listening (bound, then released).
 pub fn unused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// The value of one series in a Prometheus text exposition, written as it
+/// appears there: `kv_proxy_cache_hits_total` or
+/// `kv_server_http_requests_total{method="GET",route="/kv/{*key}",status="200"}`.
+/// A series that has not been touched yet counts as 0.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| {
+            value
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{series} is not a number: {value}"))
+        })
 }
