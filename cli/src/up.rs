@@ -89,7 +89,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
 }
 
 async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, CliError> {
-    TcpListener::bind(addr).await.map_err(|err| {
+    kv_server::serve::bind(addr).map_err(|err| {
         CliError::Usage(format!(
             "cannot listen on {addr}: {err} (is kv already running? choose another address with {flag})"
         ))

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+    kv_server::serve::bind(addr).with_context(|| {
         format!("cannot listen on {addr} (is another program using that port? choose another with {flag})")
     })
 }

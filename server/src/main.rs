@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let listen = config.listen;
         let server = kv_server::Server::open(config)?;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        let listener = kv_server::serve::bind(listen).with_context(|| {
             format!("cannot listen on {listen} (is another program using that port? choose another with --listen)")
         })?;
         server.serve(listener, kv_server::serve::shutdown_signal()).await;

@@ -338,3 +338,98 @@ async fn requests_hidden_in_bodies_never_reach_the_server() {
     let response = client().get(format!("{}/healthz", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+// A flood of idle telnet connections: those over the cap are refused at once
+// with a clear line, HTTP keeps serving meanwhile, idle sessions are closed
+// at the idle timeout, and telnet serves again as soon as the flood is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_idle_telnet_connections_is_bounded() {
+    let server = Server::start();
+    let proxy = Proxy::start(&server.url, &["--telnet-idle-timeout", "3s"]);
+    let http = client();
+    http.put(format!("{}/kv/k", server.url)).body("v").send().await.unwrap();
+    let flood = 5000;
+    let cap = 1024;
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(flood);
+    for i in 0..flood {
+        if i % 250 == 0 {
+            // Bursts of 250, so the kernel's SYN queue is not what refuses them.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let addr = proxy.telnet;
+        clients.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let opened = Instant::now();
+            let mut line = Vec::new();
+            let mut buf = [0u8; 128];
+            // Read the first line the proxy sends, if any, within 10 s.
+            let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            line.extend_from_slice(&buf[..n]);
+                            if line.contains(&b'\n') {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            (
+                outcome.is_ok(),
+                String::from_utf8_lossy(&line).trim().to_owned(),
+                opened.elapsed(),
+            )
+        }));
+    }
+    // While the flood is held open, HTTP through the same proxy still answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = Instant::now();
+    let response = http.get(format!("{}/kv/k", proxy.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let http_during = during.elapsed();
+
+    let (mut refused, mut idle_closed, mut unanswered, mut slowest_refusal) = (0, 0, 0, Duration::ZERO);
+    for client in clients {
+        let (answered, line, after) = client.await.unwrap();
+        if !answered {
+            unanswered += 1;
+        } else if line.starts_with("ERR too many connections") {
+            refused += 1;
+            slowest_refusal = slowest_refusal.max(after);
+        } else if line.starts_with("ERR idle") {
+            idle_closed += 1;
+            assert!(
+                after >= Duration::from_millis(2500),
+                "closed as idle after only {after:?}"
+            );
+        } else {
+            panic!("unexpected first line from the proxy: {line:?}");
+        }
+    }
+    println!(
+        "telnet flood: {flood} idle connections, cap {cap}: refused {refused} (slowest refusal {slowest_refusal:?}), \
+         closed as idle {idle_closed}, unanswered {unanswered}; an HTTP GET during the flood took {http_during:?}; all answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(unanswered, 0);
+    assert_eq!(idle_closed, cap);
+    assert_eq!(refused, flood - cap);
+    assert!(
+        slowest_refusal < Duration::from_secs(2),
+        "refusals were slow: {slowest_refusal:?}"
+    );
+
+    // The flood is over: telnet serves again at once.
+    let stream = TcpStream::connect(proxy.telnet).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    writer.write_all(b"GET k\n").await.unwrap();
+    let mut reply = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(reader), &mut reply)
+        .await
+        .unwrap();
+    assert_eq!(reply, "VALUE v\n");
+}
