@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# Side-by-side performance comparison: kv against nginx proxy_cache, Varnish, webdis over
+# redis-server, redis-server itself (appendfsync always for durable SETs) and etcd 3.4,
+# all on this machine, on loopback, under the same load. See tests/perf/README.md.
+#
+#   bash tests/perf/compare.sh
+#   KEYS=10000 ROUNDS=3 DURATION=10s CONNECTIONS=64 bash tests/perf/compare.sh
+#
+# Environment:
+#   KEYS         distinct keys, key:000000000000 .. (16 bytes each; values 100 bytes)  [10000]
+#   ROUNDS       rounds; each figure in the table is the median over them           [3]
+#   DURATION     length of each wrk / kv bench run                                  [10s]
+#   CONNECTIONS  concurrent connections for every load generator                    [64]
+#   THREADS      wrk threads                                                         [2]
+#   REDIS_REQUESTS  requests per redis-benchmark run                                [200000]
+#   PORT_BASE    first of the 12 loopback ports used                                [18400]
+#   SKIP_BUILD=1 use the kv binaries already in target/release
+#   KEEP_TMP=1   keep the temporary directory (logs, raw outputs) and print its path
+#   OUT=FILE     also write the table (with its header) to FILE
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+KEYS=${KEYS:-10000}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+REDIS_REQUESTS=${REDIS_REQUESTS:-200000}
+PORT_BASE=${PORT_BASE:-18400}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+OUT=${OUT:-}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+VALUE_SIZE=100
+
+KV_SERVER_PORT=$((PORT_BASE + 1))
+KV_PROXY_PORT=$((PORT_BASE + 2))
+KV_TELNET_PORT=$((PORT_BASE + 3))
+NGINX_CACHE_PORT=$((PORT_BASE + 4))
+NGINX_HELLO_PORT=$((PORT_BASE + 5))
+VARNISH_PORT=$((PORT_BASE + 6))
+REDIS_PORT=$((PORT_BASE + 7))        # in memory, behind webdis
+WEBDIS_PORT=$((PORT_BASE + 8))
+REDIS_AOF_PORT=$((PORT_BASE + 9))    # appendonly yes, appendfsync always
+ETCD_PORT=$((PORT_BASE + 10))
+ETCD_PEER_PORT=$((PORT_BASE + 11))
+
+COMMAND="KEYS=$KEYS ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash tests/perf/compare.sh"
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------ cleanup
+
+PIDS=()
+NAMES=()
+TMP=""
+POLICY_RC_CREATED=0
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        local n=0
+        while kill -0 "${PIDS[i]}" 2>/dev/null && [ $n -lt 50 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        if kill -0 "${PIDS[i]}" 2>/dev/null; then
+            log "${NAMES[i]} (pid ${PIDS[i]}) ignored SIGTERM; killing it"
+            kill -KILL "${PIDS[i]}" 2>/dev/null || true
+        fi
+        wait "${PIDS[i]}" 2>/dev/null || true
+    done
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        if [ "$KEEP_TMP" = 1 ]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ install
+
+install_missing() {
+    local missing=() pair cmd pkg
+    for pair in nginx:nginx varnishd:varnish redis-server:redis-server \
+        redis-benchmark:redis-tools webdis:webdis etcd:etcd-server wrk:wrk \
+        python3:python3 curl:curl; do
+        cmd=${pair%%:*}
+        pkg=${pair#*:}
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    # Keep the packages' postinst scripts from starting the distro services: this
+    # script runs its own instances on its own ports and never uses those.
+    if [ ! -e /usr/sbin/policy-rc.d ] && [ -z "$sudo" ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y nginx varnish redis-server \
+        redis-tools webdis etcd-server wrk python3 curl
+    if [ "$POLICY_RC_CREATED" = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+}
+
+# ------------------------------------------------------------------ processes
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME COMMAND...: run a program in the foreground of a background job.
+start() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    PIDS+=($!)
+    NAMES+=("$name")
+}
+
+# wait_port NAME PORT: until something accepts on PORT, or NAME's process died.
+wait_port() {
+    local name=$1 port=$2 i pid=""
+    for ((i = 0; i < ${#NAMES[@]}; i++)); do
+        [ "${NAMES[i]}" = "$name" ] && pid=${PIDS[i]}
+    done
+    for ((i = 0; i < 600; i++)); do
+        port_open "$port" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$TMP/$name.log" >&2 || true
+            die "$name exited before listening on $port"
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$TMP/$name.log" >&2 || true
+    die "$name is not listening on $port after 60 s"
+}
+
+# render TEMPLATE OUTPUT: fill in the @NAME@ placeholders of a carried config.
+render() {
+    sed -e "s|@TMP@|$TMP|g" \
+        -e "s|@KV_SERVER_PORT@|$KV_SERVER_PORT|g" \
+        -e "s|@NGINX_CACHE_PORT@|$NGINX_CACHE_PORT|g" \
+        -e "s|@NGINX_HELLO_PORT@|$NGINX_HELLO_PORT|g" \
+        -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
+        -e "s|@WEBDIS_PORT@|$WEBDIS_PORT|g" \
+        "$1" >"$2"
+}
+
+start_everything() {
+    local port
+    for port in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 11))); do
+        port_open "$port" && die "port $port is in use; set PORT_BASE to a free range"
+    done
+    local bin="$TARGET_DIR/release"
+    unset RUST_LOG
+
+    log "starting kv-server and kv-proxy"
+    mkdir -p "$TMP/kv-data"
+    start kv-server "$bin/kv-server" --listen "127.0.0.1:$KV_SERVER_PORT" --data-dir "$TMP/kv-data"
+    wait_port kv-server "$KV_SERVER_PORT"
+    start kv-proxy "$bin/kv-proxy" --listen "127.0.0.1:$KV_PROXY_PORT" \
+        --upstream "http://127.0.0.1:$KV_SERVER_PORT" \
+        --telnet-listen "127.0.0.1:$KV_TELNET_PORT" --cache-ttl 60s
+    wait_port kv-proxy "$KV_PROXY_PORT"
+    wait_port kv-proxy "$KV_TELNET_PORT"
+
+    log "starting nginx"
+    render "$HERE/nginx.conf" "$TMP/nginx.conf"
+    mkdir -p "$TMP/nginx-cache"
+    start nginx nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf"
+    wait_port nginx "$NGINX_CACHE_PORT"
+    wait_port nginx "$NGINX_HELLO_PORT"
+
+    log "starting Varnish"
+    render "$HERE/varnish.vcl" "$TMP/varnish.vcl"
+    start varnish varnishd -F -a "127.0.0.1:$VARNISH_PORT" -f "$TMP/varnish.vcl" \
+        -s malloc,256m -n "$TMP/varnish" -T 127.0.0.1:0
+    wait_port varnish "$VARNISH_PORT"
+
+    log "starting redis-server (in memory) and webdis"
+    mkdir -p "$TMP/redis" "$TMP/redis-aof"
+    start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' \
+        --appendonly no --dir "$TMP/redis" --daemonize no
+    wait_port redis "$REDIS_PORT"
+    render "$HERE/webdis.json" "$TMP/webdis.json"
+    start webdis webdis "$TMP/webdis.json"
+    wait_port webdis "$WEBDIS_PORT"
+
+    log "starting redis-server (appendfsync always)"
+    start redis-aof redis-server --bind 127.0.0.1 --port "$REDIS_AOF_PORT" --save '' \
+        --appendonly yes --appendfsync always --dir "$TMP/redis-aof" --daemonize no
+    wait_port redis-aof "$REDIS_AOF_PORT"
+
+    log "starting etcd"
+    start etcd etcd --name perf --data-dir "$TMP/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "perf=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --logger zap --log-level warn
+    wait_port etcd "$ETCD_PORT"
+    local i
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -X POST -d '{}' "http://127.0.0.1:$ETCD_PORT/v3/maintenance/status" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+}
+
+# ------------------------------------------------------------------ data
+
+helper() { python3 "$HERE/helper.py" "$@"; }
+
+populate() {
+    log "populating $KEYS keys in kv-server, etcd and both redis-servers"
+    helper put-kv "http://127.0.0.1:$KV_SERVER_PORT" "$KEYS"
+    helper put-etcd "http://127.0.0.1:$ETCD_PORT" "$KEYS"
+    helper set-redis "$REDIS_PORT" "$KEYS"
+    helper set-redis "$REDIS_AOF_PORT" "$KEYS"
+}
+
+# warm NAME PORT HEADER: GET every key through one cache, then check a key is a hit.
+warm() {
+    local name=$1 port=$2 header=$3 got
+    helper warm "http://127.0.0.1:$port" /kv/ "$KEYS"
+    got=$(helper header "http://127.0.0.1:$port" /kv/key:000000000000 "$header")
+    case "$got" in
+        HIT*) ;;
+        *) log "warning: after warming, $name answers $header: '$got' (expected HIT)" ;;
+    esac
+}
+
+# ------------------------------------------------------------------ load
+
+# run_wrk ROW ROUND PORT SCRIPT [PREFIX]
+run_wrk() {
+    local row=$1 round=$2 port=$3 script=$4 prefix=${5:-/kv/}
+    local out="$TMP/results/wrk.$row.$round.out"
+    PERF_KEYS=$KEYS PERF_VALUE_SIZE=$VALUE_SIZE PERF_PREFIX=$prefix \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+        -s "$HERE/$script" "http://127.0.0.1:$port" >"$out" 2>&1 || true
+    log "  $row: $(grep -E '^Requests/sec' "$out" || echo 'failed (see raw output)')"
+}
+
+# run_redis_benchmark ROW ROUND PORT TEST
+run_redis_benchmark() {
+    local row=$1 round=$2 port=$3 test=$4
+    local out="$TMP/results/redisbench.$row.$test.$round.out"
+    redis-benchmark -h 127.0.0.1 -p "$port" -c "$CONNECTIONS" -n "$REDIS_REQUESTS" \
+        -d "$VALUE_SIZE" -r "$KEYS" -t "$test" --csv >"$out" 2>&1 || true
+    log "  $row: $(grep -i "^\"$test\"" "$out" | cut -d, -f2 | tr -d '"' || true) req/s"
+}
+
+KV_BENCH=0
+# run_kv_bench ROW ROUND ARGS...: kv bench ... --json; a missing subcommand leaves n/a.
+run_kv_bench() {
+    local row=$1 round=$2
+    shift 2
+    local out="$TMP/results/kvbench.$row.$round.out"
+    if [ "$KV_BENCH" != 1 ]; then
+        echo "kv bench is not available" >"$out"
+        return 0
+    fi
+    "$TARGET_DIR/release/kv" bench "$@" --connections "$CONNECTIONS" --duration "$DURATION" \
+        --keys "$KEYS" --value-size "$VALUE_SIZE" --no-populate --json >"$out" 2>&1 || true
+    log "  $row: $(tail -n 1 "$out" | cut -c1-200)"
+}
+
+round() {
+    local r=$1
+    log "round $r of $ROUNDS"
+    # Reads. Each cache is warmed just before its run: entries live 60 s.
+    run_wrk nginx_hello "$r" "$NGINX_HELLO_PORT" get.lua
+    warm kv-proxy "$KV_PROXY_PORT" X-Cache
+    run_wrk kvproxy_get "$r" "$KV_PROXY_PORT" get.lua
+    warm nginx "$NGINX_CACHE_PORT" X-Cache-Status
+    run_wrk nginx_cache "$r" "$NGINX_CACHE_PORT" get.lua
+    warm varnish "$VARNISH_PORT" X-Cache
+    run_wrk varnish "$r" "$VARNISH_PORT" get.lua
+    run_wrk kvserver_get "$r" "$KV_SERVER_PORT" get.lua
+    run_wrk webdis_get "$r" "$WEBDIS_PORT" get.lua /GET/
+    warm kv-proxy "$KV_PROXY_PORT" X-Cache
+    run_kv_bench kvtelnet_get "$r" --line "127.0.0.1:$KV_TELNET_PORT" --ratio 1:0
+    run_redis_benchmark redis_get "$r" "$REDIS_PORT" get
+    run_kv_bench redis_get_kvbench "$r" --resp "127.0.0.1:$REDIS_PORT" --ratio 1:0
+    # Durable writes, 64 writers, then the ones that do not fsync.
+    run_wrk kvserver_put "$r" "$KV_SERVER_PORT" kv_put.lua
+    run_wrk kvproxy_put "$r" "$KV_PROXY_PORT" kv_put.lua
+    run_wrk etcd_put "$r" "$ETCD_PORT" etcd_put.lua
+    run_redis_benchmark redis_aof_set "$r" "$REDIS_AOF_PORT" set
+    run_kv_bench redis_aof_set_kvbench "$r" --resp "127.0.0.1:$REDIS_AOF_PORT" --ratio 0:1
+    run_wrk webdis_set "$r" "$WEBDIS_PORT" webdis_set.lua
+}
+
+# ------------------------------------------------------------------ main
+
+install_missing
+for cmd in cargo nginx varnishd redis-server redis-benchmark webdis etcd wrk python3 curl; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is not installed"
+done
+
+if [ "$SKIP_BUILD" = 1 ]; then
+    log "SKIP_BUILD=1: using the binaries in $TARGET_DIR/release"
+else
+    log "building kv (cargo build --release --bins)"
+    (cd "$REPO" && cargo build --release --bins)
+fi
+for b in kv-server kv-proxy kv; do
+    [ -x "$TARGET_DIR/release/$b" ] || die "$TARGET_DIR/release/$b is missing"
+done
+if "$TARGET_DIR/release/kv" bench --help 2>/dev/null | grep -q -- '--no-populate'; then
+    KV_BENCH=1
+else
+    log "kv bench is not available: its rows will say n/a"
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kv-perf.XXXXXX")
+chmod 755 "$TMP"
+mkdir -p "$TMP/results"
+
+START=$(date +%s)
+start_everything
+populate
+for ((r = 1; r <= ROUNDS; r++)); do
+    round "$r"
+done
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
+mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+if [ "$SKIP_BUILD" = 1 ]; then
+    kv_version="kv prebuilt in $TARGET_DIR/release ($(date -u -r "$TARGET_DIR/release/kv-server" '+%Y-%m-%d %H:%M UTC'))"
+else
+    kv_version="kv $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty')"
+fi
+versions="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $(varnishd -V 2>&1 | head -n1 | sed 's/varnishd (\(varnish-[^ ]*\).*/\1/'), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), webdis $(dpkg-query -W -f='${Version}' webdis 2>/dev/null || echo '?'), etcd $(etcd --version | head -n1 | awk '{print $3}'), wrk $(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo '?'), $kv_version"
+{
+    echo "### kv vs the alternatives, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $mem RAM, Linux $(uname -r); load generator on the same cores, loopback"
+    echo "- load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\` (tests/perf/*.lua), \`redis-benchmark -c $CONNECTIONS -n $REDIS_REQUESTS -d $VALUE_SIZE -r $KEYS\`, \`kv bench --connections $CONNECTIONS --duration $DURATION\`; $KEYS keys of 16 bytes, values of $VALUE_SIZE bytes; median of $ROUNDS round(s); caches warmed before each run"
+    echo "- versions: $versions"
+    echo "- command: \`$COMMAND\` ($(( ($(date +%s) - START) / 60 )) min)"
+    echo
+    helper table "$TMP/results"
+} >"$TMP/table.md"
+if [ -n "$OUT" ]; then cp "$TMP/table.md" "$OUT"; fi
+cat "$TMP/table.md"

@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Helpers for compare.sh: populate and warm each system, and print the table.
+
+Standard library only. Keys are `key:%012d` (16 bytes, the spelling `kv bench` and
+`redis-benchmark -r` use), values are 100 printable bytes.
+
+  helper.py put-kv    BASE_URL KEYS       PUT /kv/{key} for every key
+  helper.py put-etcd  BASE_URL KEYS       POST /v3/kv/put for every key
+  helper.py set-redis PORT KEYS           SET over RESP (pipelined) for every key
+  helper.py warm      BASE_URL PREFIX KEYS  GET PREFIX{key} for every key (fills caches)
+  helper.py header    BASE_URL PATH NAME  print one response header of a GET
+  helper.py table     RESULTS_DIR         print the markdown table from the raw outputs
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import threading
+import urllib.parse
+
+WORKERS = 16
+
+
+def key(i):
+    return "key:%012d" % i
+
+
+def value(size=100):
+    # Printable, URL-safe and shell-safe, so the same value works for every system.
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(alphabet[i % len(alphabet)] for i in range(size))
+
+
+def for_each_key(base_url, keys, make_request):
+    """Run make_request(i) -> (method, path, body, headers) for every key on WORKERS
+    keep-alive connections; fail loudly on any unexpected status."""
+    url = urllib.parse.urlsplit(base_url)
+    errors = []
+
+    def worker(start):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        for i in range(start, keys, WORKERS):
+            method, path, body, headers = make_request(i)
+            for attempt in range(3):
+                try:
+                    conn.request(method, path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+                    break
+                except (http.client.HTTPException, OSError):
+                    conn.close()
+                    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+                    if attempt == 2:
+                        raise
+            if resp.status >= 300:
+                errors.append("%s %s -> %d" % (method, path, resp.status))
+                return
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit("helper: %s (%d failures)" % (errors[0], len(errors)))
+
+
+def put_kv(base_url, keys):
+    body = value().encode()
+    headers = {"Content-Type": "application/octet-stream"}
+    for_each_key(base_url, keys, lambda i: ("PUT", "/kv/" + key(i), body, headers))
+
+
+def put_etcd(base_url, keys):
+    v = base64.b64encode(value().encode()).decode()
+    headers = {"Content-Type": "application/json"}
+
+    def request(i):
+        k = base64.b64encode(key(i).encode()).decode()
+        return ("POST", "/v3/kv/put", json.dumps({"key": k, "value": v}), headers)
+
+    for_each_key(base_url, keys, request)
+
+
+def set_redis(port, keys):
+    v = value().encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        batch = 1000
+        for start in range(0, keys, batch):
+            n = min(batch, keys - start)
+            out = bytearray()
+            for i in range(start, start + n):
+                k = key(i).encode()
+                out += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
+            sock.sendall(out)
+            got = b""
+            while got.count(b"\r\n") < n:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    sys.exit("helper: redis closed the connection")
+                got += chunk
+            if got != b"+OK\r\n" * n:
+                sys.exit("helper: redis answered %r" % got[:80])
+
+
+def warm(base_url, prefix, keys):
+    for_each_key(base_url, keys, lambda i: ("GET", prefix + key(i), None, {}))
+
+
+def header(base_url, path, name):
+    url = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    print(resp.getheader(name, ""))
+
+
+# ---------------------------------------------------------------- the table
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError("not a wrk duration: %r" % text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse_wrk(text):
+    rps = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
+    p50 = re.search(r"^\s*50(?:\.000)?%\s+(\S+)", text, re.M)
+    p99 = re.search(r"^\s*99(?:\.000)?%\s+(\S+)", text, re.M)
+    if not (rps and p50 and p99):
+        return None
+    total = re.search(r"^\s*(\d+) requests in", text, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return {
+        "rps": float(rps.group(1)),
+        "p50": to_ms(p50.group(1)),
+        "p99": to_ms(p99.group(1)),
+        "errors": errors,
+        "requests": int(total.group(1)) if total else 0,
+    }
+
+
+def parse_redis_csv(text, test):
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    for line in text.splitlines():
+        cells = [c.strip('"') for c in line.strip().split(",")]
+        if cells and cells[0] == test and len(cells) >= 7:
+            return {"rps": float(cells[1]), "p50": float(cells[4]), "p99": float(cells[6]), "errors": 0}
+    return None
+
+
+def parse_kv_bench(text):
+    try:
+        report = json.loads(text.strip().splitlines()[-1])
+        return {
+            "rps": float(report["requests_per_sec"]),
+            "p50": float(report["p50_ms"]),
+            "p99": float(report["p99_ms"]),
+            "errors": int(report.get("errors", 0)),
+        }
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def parse(path):
+    with open(path, errors="replace") as f:
+        text = f.read()
+    name = os.path.basename(path)
+    if name.startswith("wrk."):
+        return parse_wrk(text)
+    if name.startswith("redisbench."):
+        test = name.split(".")[2].upper()  # redisbench.<row>.<get|set>.<round>
+        return parse_redis_csv(text, test)
+    if name.startswith("kvbench."):
+        return parse_kv_bench(text)
+    return None
+
+
+def collect(results_dir):
+    """Median over rounds of each metric, per row id."""
+    rounds = {}
+    for name in sorted(os.listdir(results_dir)):
+        if not name.endswith(".out"):
+            continue
+        parts = name[: -len(".out")].split(".")
+        row = parts[1]
+        got = parse(os.path.join(results_dir, name))
+        if got is not None:
+            rounds.setdefault(row, []).append(got)
+    medians = {}
+    for row, runs in rounds.items():
+        medians[row] = {
+            "rps": statistics.median(r["rps"] for r in runs),
+            "p50": statistics.median(r["p50"] for r in runs),
+            "p99": statistics.median(r["p99"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "rounds": len(runs),
+        }
+    return medians
+
+
+# (group, kv row, [(alternative row, goal ratio or None, p99 must be no worse)])
+GROUPS = [
+    ("Proxy cache hit, HTTP GET", "kvproxy_get",
+     [("nginx_cache", 1.5, True), ("varnish", 1.5, True), ("nginx_hello", 0.8, True)]),
+    ("Server GET, durable store, no cache", "kvserver_get", [("webdis_get", 1.5, False)]),
+    ("Durable PUT, 64 writers", "kvserver_put",
+     [("etcd_put", 3.0, False), ("webdis_set", 0.9, False), ("redis_aof_set", None, False),
+      ("redis_aof_set_kvbench", None, False)]),
+    ("Line protocol GET (cache hits)", "kvtelnet_get",
+     [("redis_get", 1.0, False), ("redis_get_kvbench", 1.0, False)]),
+    ("Extra: writes through the proxy", "kvproxy_put", []),
+]
+
+LABELS = {
+    "kvproxy_get": "**kv-proxy** GET /kv/{key} (hit)",
+    "nginx_cache": "nginx proxy_cache hit",
+    "varnish": "Varnish hit",
+    "nginx_hello": "nginx `return 200` (HTTP ceiling)",
+    "kvserver_get": "**kv-server** GET /kv/{key}",
+    "webdis_get": "webdis GET (redis, in memory)",
+    "kvserver_put": "**kv-server** PUT /kv/{key} (fsync)",
+    "etcd_put": "etcd 3.4 PUT (JSON gateway, fsync)",
+    "webdis_set": "webdis SET (redis, no fsync)",
+    "redis_aof_set": "redis SET appendfsync always (redis-benchmark)",
+    "redis_aof_set_kvbench": "redis SET appendfsync always (kv bench --resp)",
+    "kvtelnet_get": "**kv telnet** GET (kv bench --line)",
+    "redis_get": "redis GET (redis-benchmark)",
+    "redis_get_kvbench": "redis GET (kv bench --resp)",
+    "kvproxy_put": "**kv-proxy** PUT /kv/{key} (fsync on server)",
+}
+
+TOOLS = {
+    "redis_aof_set": "redis-benchmark", "redis_get": "redis-benchmark",
+    "redis_get_kvbench": "kv bench", "redis_aof_set_kvbench": "kv bench",
+    "kvtelnet_get": "kv bench",
+}
+
+
+def fmt_num(x, digits=2):
+    return "n/a" if x is None else ("%.*f" % (digits, x))
+
+
+def table(results_dir):
+    m = collect(results_dir)
+    lines = [
+        "| comparison | system | tool | req/s | p50 ms | p99 ms | errors | kv ÷ this | target | met |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    shortfalls = []
+    for group, kv_row, alts in GROUPS:
+        kv = m.get(kv_row)
+
+        def cells(row):
+            r = m.get(row)
+            if r is None:
+                return ["n/a", "n/a", "n/a", "n/a"]
+            return ["%.0f" % r["rps"], fmt_num(r["p50"], 3), fmt_num(r["p99"], 3), str(r["errors"])]
+
+        lines.append("| %s | %s | %s | %s | — | — | — |" % (
+            group, LABELS[kv_row], TOOLS.get(kv_row, "wrk"), " | ".join(cells(kv_row))))
+        for alt_row, goal, p99_rule in alts:
+            alt = m.get(alt_row)
+            ratio = kv["rps"] / alt["rps"] if kv and alt and alt["rps"] > 0 else None
+            if ratio is None or goal is None:
+                met = "—" if goal is None or ratio is None else ""
+                if goal is not None and ratio is None:
+                    met = "n/a"
+            else:
+                ok = ratio >= goal
+                why = "" if ok else "%.2f× < %.1f×" % (ratio, goal)
+                if p99_rule and kv["p99"] > alt["p99"]:
+                    ok = False
+                    why = (why + "; " if why else "") + "p99 %.2f > %.2f ms" % (kv["p99"], alt["p99"])
+                met = "yes" if ok else "**no**"
+                if not ok:
+                    shortfalls.append("%s vs %s: %s" % (LABELS[kv_row].replace("**", ""), LABELS[alt_row], why))
+            lines.append("| | %s | %s | %s | %s | %s | %s |" % (
+                LABELS[alt_row], TOOLS.get(alt_row, "wrk"), " | ".join(cells(alt_row)),
+                "n/a" if ratio is None else "%.2f×" % ratio,
+                "—" if goal is None else ("≥ %.1f×" % goal + (", p99 ≤" if p99_rule else "")),
+                met))
+    print("\n".join(lines))
+    rounds = sorted({r["rounds"] for r in m.values()})
+    print()
+    print("Each figure is the median of %s round(s); `kv ÷ this` is kv's req/s over that system's."
+          % "/".join(str(r) for r in rounds))
+    if shortfalls:
+        print()
+        print("Below target:")
+        for s in shortfalls:
+            print("- " + s)
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "put-kv":
+        put_kv(args[0], int(args[1]))
+    elif cmd == "put-etcd":
+        put_etcd(args[0], int(args[1]))
+    elif cmd == "set-redis":
+        set_redis(int(args[0]), int(args[1]))
+    elif cmd == "warm":
+        warm(args[0], args[1], int(args[2]))
+    elif cmd == "header":
+        header(args[0], args[1], args[2])
+    elif cmd == "table":
+        table(args[0])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
