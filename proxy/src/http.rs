@@ -37,19 +37,19 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
         .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
-        .route("/openapi.yaml", get(openapi))
-        .layer(axum::middleware::from_fn_with_state(
-            state.token.clone(),
-            kv_server::auth::require_token,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ));
-    kv_server::http::common_layers(routes, request_timeout).with_state(state)
+        .route("/openapi.yaml", get(openapi));
+    let routes = kv_server::auth::guard(routes, state.token.clone()).layer(axum::middleware::from_fn_with_state(
+        state.metrics.clone(),
+        metrics::track,
+    ));
+    kv_server::http::common_layers(routes, request_timeout).with_state(Arc::new(state))
 }
 
-async fn get_key(State(state): State<ProxyState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ProxyError> {
+async fn get_key(
+    State(state): State<Arc<ProxyState>>,
+    Key(key): Key,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
     let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
     let lookup = state.proxy.get(&key).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
@@ -89,7 +89,11 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
     response
 }
 
-async fn put_key(State(state): State<ProxyState>, Key(key): Key, request: Request) -> Result<Response, ProxyError> {
+async fn put_key(
+    State(state): State<Arc<ProxyState>>,
+    Key(key): Key,
+    request: Request,
+) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let value = kv_server::http::read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
     let passed = state.proxy.write(Method::PUT, &key, &parts.headers, value).await?;
@@ -97,7 +101,7 @@ async fn put_key(State(state): State<ProxyState>, Key(key): Key, request: Reques
 }
 
 async fn delete_key(
-    State(state): State<ProxyState>,
+    State(state): State<Arc<ProxyState>>,
     Key(key): Key,
     headers: HeaderMap,
 ) -> Result<Response, ProxyError> {
@@ -109,7 +113,7 @@ async fn delete_key(
 }
 
 /// DUMP is never cached: the upstream's answer streams through as it comes.
-async fn dump(State(state): State<ProxyState>, request: Request) -> Result<Response, ProxyError> {
+async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
     let path_and_query = request.uri().path_and_query().map_or("/kv", |p| p.as_str());
     let upstream = state
         .proxy
@@ -124,7 +128,7 @@ async fn dump(State(state): State<ProxyState>, request: Request) -> Result<Respo
     Ok(response)
 }
 
-async fn healthz(State(state): State<ProxyState>) -> Response {
+async fn healthz(State(state): State<Arc<ProxyState>>) -> Response {
     let upstream = if state.proxy.forward.healthy().await {
         "ok"
     } else {
@@ -133,7 +137,7 @@ async fn healthz(State(state): State<ProxyState>) -> Response {
     axum::Json(serde_json::json!({ "status": "ok", "upstream": upstream })).into_response()
 }
 
-async fn metrics_page(State(state): State<ProxyState>) -> Response {
+async fn metrics_page(State(state): State<Arc<ProxyState>>) -> Response {
     let (entries, _) = state.proxy.cache.size().await;
     state.metrics.keys.set(i64::try_from(entries).unwrap_or(i64::MAX));
     metrics::exposition(&state.metrics)

@@ -106,6 +106,15 @@ impl Token {
     }
 }
 
+/// Adds [`require_token`] to `routes` when there is a token, and nothing
+/// (not even a pass-through layer on the hot path) when there is none.
+pub fn guard<S: Clone + Send + Sync + 'static>(routes: axum::Router<S>, token: Option<Token>) -> axum::Router<S> {
+    match token {
+        Some(token) => routes.layer(axum::middleware::from_fn_with_state(Some(token), require_token)),
+        None => routes,
+    }
+}
+
 /// Middleware: with a token configured, every route but `/healthz` needs it.
 /// It runs before any handler, so a cached entry is never served to a
 /// request that did not authenticate.

@@ -2,9 +2,10 @@
 //! is `openapi.yaml` at the repository root, served at `GET /openapi.yaml`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{FromRequestParts, RawQuery, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
@@ -54,21 +55,19 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
-        .route("/openapi.yaml", get(openapi))
-        .layer(axum::middleware::from_fn_with_state(
-            state.token.clone(),
-            crate::auth::require_token,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ));
-    common_layers(routes, request_timeout).with_state(state)
+        .route("/openapi.yaml", get(openapi));
+    let routes = crate::auth::guard(routes, state.token.clone()).layer(axum::middleware::from_fn_with_state(
+        state.metrics.clone(),
+        metrics::track,
+    ));
+    common_layers(routes, request_timeout).with_state(Arc::new(state))
 }
 
 /// What every kv HTTP front puts around its routes: JSON answers for unknown
-/// routes and methods, request and body timeouts (408), `nosniff`, and a 500
-/// instead of a dropped connection should a handler ever panic.
+/// routes and methods, a body timeout (408), `nosniff`, and a 500 instead of
+/// a dropped connection should a handler ever panic. There is no timer on
+/// whole requests: the head is bounded by the header-read timeout, the body by
+/// this one, and every wait after that by the store or `--upstream-timeout`.
 pub fn common_layers<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     request_timeout: std::time::Duration,
@@ -77,9 +76,7 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestBodyTimeoutLayer::new(request_timeout))
-        .layer(axum::middleware::from_fn(
-            move |request: Request, next: axum::middleware::Next| request_deadline(request, next, request_timeout),
-        ))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -95,20 +92,57 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
         }))
 }
 
-/// Answers 408, as JSON like every other error, when a handler takes longer
-/// than `--request-timeout` to produce its response head.
-async fn request_deadline(request: Request, next: axum::middleware::Next, limit: std::time::Duration) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request took longer than {} (--request-timeout)",
-                humantime::format_duration(limit)
-            ),
-        )
-        .into_response(),
+/// Says `Connection: close` on an HTTP/1 answer given before the request body
+/// was read to its end (413, a bad key, 405...). hyper closes such a
+/// connection after the answer, since the rest of the body is still on it, but
+/// says nothing; a client would then send its next request down a connection
+/// about to close and see a broken pipe instead of an answer.
+async fn close_if_body_unread(request: Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    if parts.version >= Version::HTTP_2 || body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let finished = Arc::new(AtomicBool::new(false));
+    let body = Body::new(WatchedBody {
+        inner: body,
+        finished: finished.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !finished.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct WatchedBody {
+    inner: Body,
+    finished: Arc<AtomicBool>,
+}
+
+impl axum::body::HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finished.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -125,7 +159,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-async fn get_key(State(state): State<AppState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_key(State(state): State<Arc<AppState>>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
     let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
     let not_modified = match &if_none_match {
@@ -162,7 +196,7 @@ pub fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
 }
 
-async fn put_key(State(state): State<AppState>, Key(key): Key, request: Request) -> Result<Response, ApiError> {
+async fn put_key(State(state): State<Arc<AppState>>, Key(key): Key, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let precondition = precondition(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
@@ -191,7 +225,11 @@ async fn put_key(State(state): State<AppState>, Key(key): Key, request: Request)
     }
 }
 
-async fn delete_key(State(state): State<AppState>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    Key(key): Key,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let op = WriteOp::Delete {
         key: key.clone(),
         precondition: precondition(&headers)?,
@@ -308,7 +346,7 @@ struct DumpQuery {
 
 /// `GET /kv`: DUMP, in the shape the `Accept` header asks for.
 async fn dump(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -420,12 +458,12 @@ fn stream_entries(
     })
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     state.store.healthy()?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "revision": state.store.revision() })).into_response())
 }
 
-async fn metrics_page(State(state): State<AppState>) -> Response {
+async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
     if let Ok(keys) = state.store.len() {
         state.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }

@@ -29,7 +29,7 @@ pub struct HttpLimits {
     #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Answer 408 when a request (its body included) takes longer than this.
+    /// Answer 408 when a request body takes longer than this to arrive.
     #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

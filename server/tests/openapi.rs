@@ -102,7 +102,8 @@ impl Harness {
         let state = AppState {
             store: Arc::new(store.clone()) as Arc<dyn Store>,
             metrics: Arc::new(Metrics::new("kv_server", "Keys stored")),
-            max_value_bytes: MAX_VALUE_BYTES, token: None
+            max_value_bytes: MAX_VALUE_BYTES,
+            token: None,
         };
         Self {
             router: app(state, Duration::from_secs(30)),

@@ -106,7 +106,7 @@ async fn acknowledged_writes_survive_kill_9_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_fill_cannot_put_an_old_value_back_after_a_write() {
     let server = Server::start();
-    let proxy = Proxy::start(&server.url, &["--debug-fill-delay", "300ms", "--cache-ttl", "60s"]);
+    let proxy = Proxy::start(&server.url, &["--debug-fill-delay", "1s", "--cache-ttl", "60s"]);
     let http = client();
     let rounds = 10;
     let (mut raced, mut stale) = (0, 0);
@@ -122,7 +122,8 @@ async fn a_slow_fill_cannot_put_an_old_value_back_after_a_write() {
             let url = format!("{}/kv/{key}", proxy.url);
             async move { client().get(url).send().await.unwrap().text().await.unwrap() }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Let the slow GET reach the upstream (a loaded machine can take a while).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let write_started = Instant::now();
         let url = format!("{}/kv/{key}", proxy.url);
         let write = if delete {
@@ -133,7 +134,7 @@ async fn a_slow_fill_cannot_put_an_old_value_back_after_a_write() {
         assert!(write.unwrap().status().is_success());
         // The fill read "old" before the write and was still holding it when
         // the write was acknowledged upstream: the race window was open.
-        let write_waited = write_started.elapsed() >= Duration::from_millis(100);
+        let write_waited = write_started.elapsed() >= Duration::from_millis(300);
         if slow_get.await.unwrap() == "old" && write_waited {
             raced += 1;
         }

@@ -349,8 +349,14 @@ fn run_writer(db: &Database, shared: &Shared, mut jobs: mpsc::Receiver<Job>, two
         }
         let start = shared.revision.load(Ordering::Acquire);
         let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
+        let committing = std::time::Instant::now();
         match commit_group(db, &ops, start, two_phase) {
             Ok((outcomes, last)) => {
+                tracing::debug!(
+                    writes = ops.len(),
+                    micros = committing.elapsed().as_micros(),
+                    "group committed"
+                );
                 shared.revision.store(last, Ordering::Release);
                 for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
