@@ -4,6 +4,11 @@ use anyhow::Context;
 use clap::Parser;
 use kv_proxy::config::Listen;
 
+/// mimalloc: the request path allocates small, short-lived buffers on every
+/// request, and glibc's malloc showed as about a tenth of the proxy's profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = kv_proxy::Config::parse();
     kv_server::init_tracing();
