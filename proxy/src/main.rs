@@ -9,9 +9,20 @@ use kv_proxy::config::Listen;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let config = kv_proxy::Config::parse();
     kv_server::init_tracing();
+    match run(config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line a person can act on; no backtrace.
+            eprintln!("kv-proxy: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: kv_proxy::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let http = bind(config.listen, "--listen").await?;
