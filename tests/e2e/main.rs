@@ -3,6 +3,7 @@
 //! module per area (ripgrep's layout).
 
 mod cli;
+mod consistency;
 mod proxy;
 mod robustness;
 mod security;

@@ -48,7 +48,11 @@ async fn all_pairs(url: &str) -> std::collections::HashMap<String, String> {
 async fn acknowledged_writes_survive_kill_9_under_load() {
     let temp = tempfile::tempdir().unwrap();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let cycles = 5;
+    // KV_KILL9_CYCLES=30 makes a longer run, for the README's figure.
+    let cycles: usize = std::env::var("KV_KILL9_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5);
     for cycle in 0..cycles {
         let mut server = Server::start_in(temp.path(), &[]);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
