@@ -291,6 +291,15 @@ fn key_name(n: u64) -> String {
     format!("key:{n:012}")
 }
 
+/// A protocol spoken over a plain TCP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// kv's telnet line protocol.
+    Line,
+    /// Redis's RESP.
+    Resp,
+}
+
 /// One connection to the target.
 enum Worker {
     Http {
@@ -298,11 +307,8 @@ enum Worker {
         host: String,
         base_path: String,
     },
-    Line {
-        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-        writer: tokio::net::tcp::OwnedWriteHalf,
-    },
-    Resp {
+    Stream {
+        wire: Wire,
         reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
         writer: tokio::net::tcp::OwnedWriteHalf,
     },
@@ -330,16 +336,15 @@ impl Worker {
                     base_path: base_path.clone(),
                 }
             }
-            Target::Line(_) => {
+            Target::Line(_) | Target::Resp(_) => {
+                let wire = if matches!(target, Target::Line(_)) {
+                    Wire::Line
+                } else {
+                    Wire::Resp
+                };
                 let (reader, writer) = stream.into_split();
-                Self::Line {
-                    reader: BufReader::new(reader),
-                    writer,
-                }
-            }
-            Target::Resp(_) => {
-                let (reader, writer) = stream.into_split();
-                Self::Resp {
+                Self::Stream {
+                    wire,
                     reader: BufReader::new(reader),
                     writer,
                 }
@@ -387,73 +392,74 @@ impl Worker {
                 }
                 Ok(failed)
             }
-            Self::Line { reader, writer } => {
-                let mut out = Vec::with_capacity(batch.len() * (32 + value.len()));
-                for &(op, key) in batch {
-                    match op {
-                        Op::Get => out.extend_from_slice(format!("GET {}\r\n", key_name(key)).as_bytes()),
-                        Op::Put => {
-                            out.extend_from_slice(format!("PUT {} ", key_name(key)).as_bytes());
-                            out.extend_from_slice(value);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                    }
-                }
-                writer.write_all(&out).await.map_err(lost)?;
-                let mut failed = 0;
-                let mut line = Vec::new();
-                for _ in batch {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).await.map_err(lost)? == 0 {
-                        return Err(CliError::Unreachable("the server closed the connection".into()));
-                    }
-                    failed += u64::from(line.starts_with(b"ERR"));
-                }
-                Ok(failed)
-            }
-            Self::Resp { reader, writer } => {
+            Self::Stream { wire, reader, writer } => {
                 let mut out = Vec::with_capacity(batch.len() * (48 + value.len()));
                 for &(op, key) in batch {
-                    let key = key_name(key);
-                    match op {
-                        Op::Get => {
-                            out.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes())
-                        }
-                        Op::Put => {
-                            out.extend_from_slice(
-                                format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), value.len())
-                                    .as_bytes(),
-                            );
-                            out.extend_from_slice(value);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                    }
+                    wire.encode(&mut out, op, &key_name(key), value);
                 }
                 writer.write_all(&out).await.map_err(lost)?;
                 let mut failed = 0;
                 let mut line = Vec::new();
                 for _ in batch {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).await.map_err(lost)? == 0 {
-                        return Err(CliError::Unreachable("the server closed the connection".into()));
-                    }
-                    match line.first() {
-                        Some(b'$') => {
-                            let length: i64 = std::str::from_utf8(&line[1..])
-                                .ok()
-                                .and_then(|l| l.trim().parse().ok())
-                                .unwrap_or(-1);
-                            if length >= 0 {
-                                let mut skip = vec![0u8; usize::try_from(length).unwrap_or(0) + 2];
-                                reader.read_exact(&mut skip).await.map_err(lost)?;
-                            }
-                        }
-                        Some(b'-') => failed += 1,
-                        _ => {}
-                    }
+                    failed += u64::from(!wire.read_reply(reader, &mut line).await.map_err(lost)?);
                 }
                 Ok(failed)
             }
         }
+    }
+}
+
+impl Wire {
+    /// Appends one request to `out`.
+    fn encode(self, out: &mut Vec<u8>, op: Op, key: &str, value: &[u8]) {
+        match (self, op) {
+            (Self::Line, Op::Get) => out.extend_from_slice(format!("GET {key}\r\n").as_bytes()),
+            (Self::Line, Op::Put) => {
+                out.extend_from_slice(format!("PUT {key} ").as_bytes());
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            (Self::Resp, Op::Get) => {
+                out.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+            }
+            (Self::Resp, Op::Put) => {
+                let head = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), value.len());
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// Reads one reply; `false` when it is an error.
+    async fn read_reply(
+        self,
+        reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        line: &mut Vec<u8>,
+    ) -> std::io::Result<bool> {
+        line.clear();
+        if reader.read_until(b'\n', line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(match (self, line.first()) {
+            (Self::Line, _) => !line.starts_with(b"ERR"),
+            (Self::Resp, Some(b'-')) => false,
+            (Self::Resp, Some(b'$')) => {
+                // A bulk string: its length, then that many bytes and CRLF.
+                let length: i64 = std::str::from_utf8(&line[1..])
+                    .ok()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(-1);
+                if let Ok(length) = usize::try_from(length) {
+                    let mut skip = vec![0u8; length + 2];
+                    reader.read_exact(&mut skip).await?;
+                }
+                true
+            }
+            (Self::Resp, _) => true,
+        })
     }
 }

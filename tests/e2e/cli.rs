@@ -1068,3 +1068,43 @@ fn a_wrong_or_missing_token_exits_4() {
     // Still nothing without it, cached or not.
     kv(&proxy.url, &["get", "k"]).fails_with_one_line(4);
 }
+
+#[test]
+fn bench_measures_http_and_the_line_protocol() {
+    let server = Server::start();
+    let proxy = Proxy::start(&server.url, &[]);
+    let telnet = proxy.telnet.to_string();
+    for args in [
+        vec![
+            "bench", "-c", "4", "-d", "1s", "--keys", "50", "--ratio", "3:1", "--json",
+        ],
+        vec![
+            "bench",
+            "--line",
+            telnet.as_str(),
+            "-c",
+            "4",
+            "-d",
+            "1s",
+            "--keys",
+            "50",
+            "--pipeline",
+            "4",
+            "--json",
+        ],
+    ] {
+        let run = kv(&proxy.url, &args);
+        assert_eq!(run.code, Some(0), "{}: {}", run.what, run.stderr);
+        let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert!(report["requests"].as_u64().unwrap() > 10, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    }
+    // The keys it wrote are real keys, readable through the proxy.
+    let run = kv(&proxy.url, &["get", "key:000000000007"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // Nothing listening: exit 3.
+    let nowhere = unused_addr().to_string();
+    let run = kv(&proxy.url, &["bench", "--line", &nowhere, "-d", "1s"]);
+    assert_eq!(run.code, Some(3));
+}
