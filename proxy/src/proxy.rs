@@ -2,6 +2,7 @@
 //! front and the telnet adapter: read-through GET, write-then-invalidate PUT
 //! and DELETE, pass-through DUMP.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method};
@@ -9,7 +10,6 @@ use bytes::Bytes;
 
 use crate::cache::{Cache, CacheStatus, Cached, Filled};
 use crate::forward::{Forward, ForwardError, Passed, Read};
-use std::sync::Arc;
 
 /// A GET's answer.
 pub struct Lookup {

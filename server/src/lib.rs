@@ -64,10 +64,6 @@ impl Server {
         Ok(Self { config, store, token })
     }
 
-    pub fn store(&self) -> &RedbStore {
-        &self.store
-    }
-
     /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
     /// requests in flight and the queued writes, and closes the store.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
