@@ -38,19 +38,17 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi));
-    let routes = kv_server::auth::guard(routes, state.token.clone()).layer(axum::middleware::from_fn_with_state(
-        state.metrics.clone(),
-        metrics::track,
-    ));
-    kv_server::http::common_layers(routes, request_timeout).with_state(Arc::new(state))
+    let routes = kv_server::auth::guard(routes, state.token.clone());
+    kv_server::http::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
 }
 
+/// Takes the whole `Request` rather than a `HeaderMap`, which axum would clone.
 async fn get_key(
     State(state): State<Arc<ProxyState>>,
     Key(key): Key,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ProxyError> {
-    let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
+    let if_none_match = parse_condition(request.headers(), &header::IF_NONE_MATCH)?;
     let lookup = state.proxy.get(&key).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
 }

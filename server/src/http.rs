@@ -2,10 +2,9 @@
 //! is `openapi.yaml` at the repository root, served at `GET /openapi.yaml`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::{Body, HttpBody as _};
+use axum::body::Body;
 use axum::extract::{FromRequestParts, RawQuery, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
@@ -15,9 +14,6 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::dump::{self, DEFAULT_CONTENT_TYPE, Format};
 use crate::error::ApiError;
@@ -56,94 +52,24 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi));
-    let routes = crate::auth::guard(routes, state.token.clone()).layer(axum::middleware::from_fn_with_state(
-        state.metrics.clone(),
-        metrics::track,
-    ));
-    common_layers(routes, request_timeout).with_state(Arc::new(state))
+    let routes = crate::auth::guard(routes, state.token.clone());
+    common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
 }
 
 /// What every kv HTTP front puts around its routes: JSON answers for unknown
-/// routes and methods, a body timeout (408), `nosniff`, and a 500 instead of
-/// a dropped connection should a handler ever panic. There is no timer on
+/// routes and methods, and the [`EdgeLayer`](crate::middleware::EdgeLayer)
+/// (metrics, a body timeout, `nosniff`, a 500 on a panic). There is no timer on
 /// whole requests: the head is bounded by the header-read timeout, the body by
-/// this one, and every wait after that by the store or `--upstream-timeout`.
+/// `request_timeout`, and every wait after that by the store or `--upstream-timeout`.
 pub fn common_layers<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
+    metrics: Arc<Metrics>,
     request_timeout: std::time::Duration,
 ) -> Router<S> {
     routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(RequestBodyTimeoutLayer::new(request_timeout))
-        .layer(axum::middleware::from_fn(close_if_body_unread))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; the program logged it",
-            )
-            .into_response()
-        }))
-}
-
-/// Says `Connection: close` on an HTTP/1 answer given before the request body
-/// was read to its end (413, a bad key, 405...). hyper closes such a
-/// connection after the answer, since the rest of the body is still on it, but
-/// says nothing; a client would then send its next request down a connection
-/// about to close and see a broken pipe instead of an answer.
-async fn close_if_body_unread(request: Request, next: axum::middleware::Next) -> Response {
-    let (parts, body) = request.into_parts();
-    if parts.version >= Version::HTTP_2 || body.is_end_stream() {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-    let finished = Arc::new(AtomicBool::new(false));
-    let body = Body::new(WatchedBody {
-        inner: body,
-        finished: finished.clone(),
-    });
-    let mut response = next.run(Request::from_parts(parts, body)).await;
-    if !finished.load(Ordering::Acquire) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// A request body that notes when it has been read to its end.
-struct WatchedBody {
-    inner: Body,
-    finished: Arc<AtomicBool>,
-}
-
-impl axum::body::HttpBody for WatchedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.finished.store(true, Ordering::Release);
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
+        .layer(crate::middleware::EdgeLayer::new(metrics, request_timeout))
 }
 
 /// The key a request names, decoded from the raw path (never from a
@@ -159,9 +85,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-async fn get_key(State(state): State<Arc<AppState>>, Key(key): Key, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Takes the whole `Request` rather than a `HeaderMap`, which axum would clone.
+async fn get_key(State(state): State<Arc<AppState>>, Key(key): Key, request: Request) -> Result<Response, ApiError> {
     let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
-    let if_none_match = parse_condition(&headers, &header::IF_NONE_MATCH)?;
+    let if_none_match = parse_condition(request.headers(), &header::IF_NONE_MATCH)?;
     let not_modified = match &if_none_match {
         Condition::None => false,
         Condition::Any => true,
@@ -272,11 +199,17 @@ pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit:
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(err) if err.is::<tower_http::timeout::TimeoutError>() => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request body did not arrive in time (--request-timeout)",
-        )),
+        // The timeout arrives wrapped in the body's own error type: look down the chain.
+        Err(err)
+            if std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| e.source())
+                .any(|e| e.is::<tower_http::timeout::TimeoutError>()) =>
+        {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time (--request-timeout)",
+            ))
+        }
         Err(err) => Err(ApiError::bad_request(format!(
             "the request body could not be read: {err}"
         ))),

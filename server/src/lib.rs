@@ -8,6 +8,7 @@
 //! - [`key`]: how a key is spelled in a URL; shared with the proxy so both agree.
 //! - [`quote`]: Redis-style quoting for the line-oriented views (telnet, text DUMP).
 //! - [`auth`]: the access token and protected mode (no token, no network).
+//! - [`middleware`]: the one layer around every route (metrics, body timeout, nosniff, panics).
 //! - [`serve`]: the hardened accept loop both programs use, and the shutdown signal.
 //! - [`metrics`], [`error`], [`units`]: Prometheus figures, the error body, sizes and durations.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod key;
 pub mod metrics;
+pub mod middleware;
 pub mod quote;
 pub mod serve;
 pub mod store;

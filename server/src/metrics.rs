@@ -2,11 +2,7 @@
 //! latency histogram. The proxy reuses this and registers its cache figures
 //! in the same registry.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,7 +27,7 @@ struct RouteLabels {
 /// The routes both programs serve; anything else is counted as "other".
 const ROUTES: [&str; 6] = ["/kv", "/kv/", "/kv/{*key}", "/healthz", "/metrics", "/openapi.yaml"];
 
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+pub(crate) fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     match matched {
         None => "unmatched",
         Some(path) => ROUTES
@@ -42,7 +38,7 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     }
 }
 
-fn method_label(method: &axum::http::Method) -> &'static str {
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",
@@ -107,28 +103,12 @@ impl Metrics {
         out
     }
 
-    fn observe(&self, method: &'static str, route: &'static str, status: u16, seconds: f64) {
+    pub(crate) fn observe(&self, method: &'static str, route: &'static str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels { method, route, status })
             .inc();
         self.latency.get_or_create(&RouteLabels { route }).observe(seconds);
     }
-}
-
-/// Middleware that records every request; install with `Router::layer` so that
-/// the matched route is known.
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = route_label(request.extensions().get::<MatchedPath>());
-    let method = method_label(request.method());
-    let response = next.run(request).await;
-    metrics.observe(
-        method,
-        route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }
 
 /// `GET /metrics`.

@@ -484,6 +484,26 @@ async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A body that stops arriving halfway is answered 408 at `--request-timeout`,
+/// and nothing is stored.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_and_not_stored() {
+    let server = Server::start_with(&["--request-timeout", "1s"]);
+    let started = Instant::now();
+    let answer = raw_http(
+        server.addr,
+        "PUT /kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(waited >= Duration::from_millis(900), "answered after {waited:?}");
+    let get = client().get(format!("{}/kv/slow", server.url)).send().await.unwrap();
+    assert_eq!(get.status(), 404);
+}
+
 #[tokio::test]
 async fn a_put_without_content_length_is_411() {
     let server = Server::start();

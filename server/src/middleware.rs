@@ -1,0 +1,266 @@
+//! The one layer every kv HTTP front wraps around its routes.
+//!
+//! It does in one service, with one boxed future per request, what took five
+//! tower layers and two `from_fn` middlewares (each of which boxes the inner
+//! service and its future again): counting the request, `nosniff`, a body
+//! timeout (408), `Connection: close` when an answer leaves a body unread, and
+//! a 500 instead of a dropped connection should a handler panic. On a proxy
+//! cache hit, where the whole answer takes about 20 µs of CPU, the stack of
+//! layers cost a fifth of it.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service};
+use tower_http::timeout::TimeoutBody;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Install with `Router::layer`, so that it runs after routing and the
+/// matched route is known (and labels the request's metrics).
+#[derive(Clone)]
+pub struct EdgeLayer {
+    metrics: Arc<Metrics>,
+    body_timeout: Duration,
+}
+
+impl EdgeLayer {
+    /// `body_timeout`: a request body that has not fully arrived in this time is answered 408.
+    pub fn new(metrics: Arc<Metrics>, body_timeout: Duration) -> Self {
+        Self { metrics, body_timeout }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    layer: EdgeLayer,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = crate::metrics::method_label(request.method());
+        let route = crate::metrics::route_label(request.extensions().get::<MatchedPath>());
+        // A GET has no body to watch: only requests that carry one pay for the wrapper.
+        let (request, body_read) = if request.version() < Version::HTTP_2 && !request.body().is_end_stream() {
+            let (parts, body) = request.into_parts();
+            let finished = Arc::new(AtomicBool::new(false));
+            let body = Body::new(WatchedBody {
+                inner: TimeoutBody::new(self.layer.body_timeout, body),
+                finished: finished.clone(),
+            });
+            (Request::from_parts(parts, body), Some(finished))
+        } else {
+            (request, None)
+        };
+        // The service that was polled ready is the one to call (tower's contract).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.layer.metrics.clone();
+        Box::pin(async move {
+            let answered = AssertUnwindSafe(async move { inner.call(request).await })
+                .catch_unwind()
+                .await;
+            let mut response = match answered {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    tracing::error!("a request handler panicked");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error; the program logged it",
+                    )
+                    .into_response()
+                }
+            };
+            let headers = response.headers_mut();
+            // hyper closes a connection whose request body was left unread, but
+            // says nothing; a client would then send its next request down a
+            // connection about to close and see a broken pipe instead of an answer.
+            if body_read.is_some_and(|finished| !finished.load(Ordering::Acquire)) {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            headers
+                .entry(header::X_CONTENT_TYPE_OPTIONS)
+                .or_insert(HeaderValue::from_static("nosniff"));
+            metrics.observe(
+                method,
+                route,
+                response.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            Ok(response)
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes when it has been read to its end.
+    struct WatchedBody {
+        #[pin]
+        inner: TimeoutBody<Body>,
+        finished: Arc<AtomicBool>,
+    }
+}
+
+impl HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let mut this = self.project();
+        let frame = this.inner.as_mut().poll_frame(cx).map_err(axum::Error::new);
+        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.finished.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::{get, put};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::http::read_body;
+
+    fn app(metrics: Arc<Metrics>) -> Router {
+        let routes = Router::new()
+            .route("/kv/{*key}", get(|| async { "value" }))
+            .route("/panic", get(panics))
+            .route("/ignore", put(|| async { "not reading the body" }))
+            .route(
+                "/read",
+                put(|request: Request| async move {
+                    let (parts, body) = request.into_parts();
+                    read_body(&parts.headers, parts.version, body, 1024)
+                        .await
+                        .map(|_| "stored")
+                }),
+            );
+        crate::http::common_layers(routes, metrics, Duration::from_millis(100))
+    }
+
+    async fn panics() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new("kv_test", "keys"))
+    }
+
+    async fn send(app: Router, request: axum::http::Request<Body>) -> Response {
+        app.oneshot(request).await.unwrap()
+    }
+
+    fn put_request(path: &str, body: Body) -> axum::http::Request<Body> {
+        axum::http::Request::put(path)
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_counted_and_says_nosniff() {
+        let metrics = metrics();
+        let response = send(
+            app(metrics.clone()),
+            axum::http::Request::get("/kv/a").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let response = send(
+            app(metrics.clone()),
+            axum::http::Request::get("/nowhere").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"kv_test_http_requests_total{method="GET",route="/kv/{*key}",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"status="404"} 1"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_not_a_dropped_connection() {
+        let response = send(
+            app(metrics()),
+            axum::http::Request::get("/panic").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_leaves_the_body_unread_closes_the_connection() {
+        let response = send(app(metrics()), put_request("/ignore", Body::from("abc"))).await;
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        let response = send(app(metrics()), put_request("/read", Body::from("abc"))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key(header::CONNECTION));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_gets_a_408() {
+        let stalled = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let response = send(app(metrics()), put_request("/read", stalled)).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+    }
+}
