@@ -19,6 +19,7 @@ use crate::dump::{self, DEFAULT_CONTENT_TYPE, Format};
 use crate::error::ApiError;
 use crate::key;
 use crate::metrics::{self, Metrics};
+use crate::serve::{MAX_HEADERS, MAX_LINE_BYTES};
 use crate::store::{Condition, Entry, Precondition, Scan, Store, WriteOp, WriteOutcome};
 
 /// The OpenAPI document, the contract of both kv-server and kv-proxy.
@@ -58,9 +59,10 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
 
 /// What every kv HTTP front puts around its routes: JSON answers for unknown
 /// routes and methods, and the [`EdgeLayer`](crate::middleware::EdgeLayer)
-/// (metrics, a body timeout, `nosniff`, a 500 on a panic). There is no timer on
-/// whole requests: the head is bounded by the header-read timeout, the body by
-/// `request_timeout`, and every wait after that by the store or `--upstream-timeout`.
+/// (metrics, 414/431 for an overlong target or header line, a body timeout,
+/// `nosniff`, a 500 on a panic). There is no timer on whole requests: the head
+/// is bounded by the header-read timeout, the body by `request_timeout`, and
+/// every wait after that by the store or `--upstream-timeout`.
 pub fn common_layers<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     metrics: Arc<Metrics>,
@@ -70,6 +72,49 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(crate::middleware::EdgeLayer::new(metrics, request_timeout))
+}
+
+/// Why a request head breaks a per-line limit, if it does: a target or a
+/// header line longer than [`MAX_LINE_BYTES`] (414, 431), or more than
+/// [`MAX_HEADERS`] header fields (431; hyper counts them for HTTP/1 but not for
+/// HTTP/2). hyper has already bounded the whole head at 64 KiB, so checking after
+/// it parsed is safe; every request passes here, so it only loops over lengths.
+pub(crate) fn over_line_limits(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<ApiError> {
+    // The target as hyper parsed it: with scheme and authority when the client
+    // sent an absolute URI (and over HTTP/2, where they are pseudo-headers).
+    let target = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len())
+        + uri.authority().map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |path| path.as_str().len());
+    if target > MAX_LINE_BYTES {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target (path and query) is {target} bytes long; it may be at most 8 KiB"),
+        ));
+    }
+    if headers.len() > MAX_HEADERS {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {} header fields; it may have at most {MAX_HEADERS}",
+                headers.len()
+            ),
+        ));
+    }
+    for (name, value) in headers {
+        let line = name.as_str().len() + ": ".len() + value.len();
+        if line > MAX_LINE_BYTES {
+            // Header names are ASCII, so any byte offset is a char boundary.
+            let name = &name.as_str()[..name.as_str().len().min(64)];
+            return Some(ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("the header line '{name}: ...' is {line} bytes long; each header line may be at most 8 KiB"),
+            ));
+        }
+    }
+    None
 }
 
 /// The key a request names, decoded from the raw path (never from a
@@ -421,4 +466,59 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method; see /openapi.yaml",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(target: &str, headers: &[(&str, usize)]) -> Option<(StatusCode, &'static str)> {
+        let uri: axum::http::Uri = target.parse().expect("a valid target");
+        let mut map = HeaderMap::new();
+        for (name, len) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a valid name");
+            map.append(name, HeaderValue::from_str(&"v".repeat(*len)).expect("a valid value"));
+        }
+        over_line_limits(&uri, &map).map(|err| (err.status, err.code))
+    }
+
+    #[test]
+    fn a_target_may_be_8_kib_and_no_longer() {
+        let path = |len: usize| format!("/kv/{}", "a".repeat(len - "/kv/".len()));
+        assert_eq!(refusal(&path(MAX_LINE_BYTES), &[]), None);
+        assert_eq!(
+            refusal(&path(MAX_LINE_BYTES + 1), &[]),
+            Some((StatusCode::URI_TOO_LONG, "uri_too_long"))
+        );
+        let query = format!("/kv?prefix={}", "p".repeat(MAX_LINE_BYTES));
+        assert_eq!(refusal(&query, &[]).map(|r| r.0), Some(StatusCode::URI_TOO_LONG));
+        // An absolute target counts its scheme and authority too.
+        let absolute = format!("http://kv{}", path(MAX_LINE_BYTES - "http://kv".len()));
+        assert_eq!(refusal(&absolute, &[]), None);
+        let absolute = format!("http://kv{}", path(MAX_LINE_BYTES - "http://kv".len() + 1));
+        assert_eq!(refusal(&absolute, &[]).map(|r| r.0), Some(StatusCode::URI_TOO_LONG));
+    }
+
+    #[test]
+    fn a_header_line_may_be_8_kib_and_no_longer() {
+        let fits = MAX_LINE_BYTES - "x-big: ".len();
+        assert_eq!(refusal("/", &[("host", 2), ("x-big", fits)]), None);
+        assert_eq!(
+            refusal("/", &[("host", 2), ("x-big", fits + 1)]),
+            Some((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"))
+        );
+        // Repeated fields are separate lines, each within the limit.
+        assert_eq!(refusal("/", &[("x-big", fits), ("x-big", fits)]), None);
+    }
+
+    #[test]
+    fn at_most_100_header_fields() {
+        let names: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("x-h{i}")).collect();
+        let fields: Vec<(&str, usize)> = names.iter().map(|name| (name.as_str(), 1)).collect();
+        assert_eq!(refusal("/", &fields[..MAX_HEADERS]), None);
+        assert_eq!(
+            refusal("/", &fields).map(|r| r.0),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
 }

@@ -1,10 +1,11 @@
 //! The one layer every kv HTTP front wraps around its routes.
 //!
-//! It does in one service, with one boxed future per request, what took five
+//! It does in one service, with one boxed future per request, what took six
 //! tower layers and two `from_fn` middlewares (each of which boxes the inner
-//! service and its future again): counting the request, `nosniff`, a body
-//! timeout (408), `Connection: close` when an answer leaves a body unread, and
-//! a 500 instead of a dropped connection should a handler panic. On a proxy
+//! service and its future again): counting the request, the per-line limits of
+//! the request head (414, 431), `nosniff`, a body timeout (408), `Connection:
+//! close` when an answer leaves a body unread, and a 500 instead of a dropped
+//! connection should a handler panic. On a proxy
 //! cache hit, where the whole answer takes about 20 µs of CPU, the stack of
 //! layers cost a fifth of it.
 
@@ -79,8 +80,14 @@ where
         let started = Instant::now();
         let method = crate::metrics::method_label(request.method());
         let route = crate::metrics::route_label(request.extensions().get::<MatchedPath>());
+        let unread_body = request.version() < Version::HTTP_2 && !request.body().is_end_stream();
+        if let Some(refusal) = crate::http::over_line_limits(request.uri(), request.headers()) {
+            let mut response = refusal.into_response();
+            finish(&mut response, unread_body, &self.layer.metrics, method, route, started);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         // A GET has no body to watch: only requests that carry one pay for the wrapper.
-        let (request, body_read) = if request.version() < Version::HTTP_2 && !request.body().is_end_stream() {
+        let (request, body_read) = if unread_body {
             let (parts, body) = request.into_parts();
             let finished = Arc::new(AtomicBool::new(false));
             let body = Body::new(WatchedBody {
@@ -112,25 +119,38 @@ where
                     .into_response()
                 }
             };
-            let headers = response.headers_mut();
-            // hyper closes a connection whose request body was left unread, but
-            // says nothing; a client would then send its next request down a
-            // connection about to close and see a broken pipe instead of an answer.
-            if body_read.is_some_and(|finished| !finished.load(Ordering::Acquire)) {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            headers
-                .entry(header::X_CONTENT_TYPE_OPTIONS)
-                .or_insert(HeaderValue::from_static("nosniff"));
-            metrics.observe(
-                method,
-                route,
-                response.status().as_u16(),
-                started.elapsed().as_secs_f64(),
-            );
+            let unread_body = body_read.is_some_and(|finished| !finished.load(Ordering::Acquire));
+            finish(&mut response, unread_body, &metrics, method, route, started);
             Ok(response)
         })
     }
+}
+
+/// What every answer gets on its way out.
+fn finish(
+    response: &mut Response,
+    unread_body: bool,
+    metrics: &Metrics,
+    method: &'static str,
+    route: &'static str,
+    started: Instant,
+) {
+    let headers = response.headers_mut();
+    // hyper closes a connection whose request body was left unread, but says
+    // nothing; a client would then send its next request down a connection
+    // about to close and see a broken pipe instead of an answer.
+    if unread_body {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    metrics.observe(
+        method,
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 pin_project_lite::pin_project! {
@@ -262,5 +282,20 @@ mod tests {
         let response = send(app(metrics()), put_request("/read", stalled)).await;
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(response.headers()[header::CONNECTION], "close");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_header_line_is_refused_before_the_handler_and_counted() {
+        let metrics = metrics();
+        let request = axum::http::Request::put("/read")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .header("x-big", "x".repeat(9 * 1024))
+            .body(Body::from("abc"))
+            .unwrap();
+        let response = send(app(metrics.clone()), request).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(metrics.render().contains(r#"status="431"} 1"#));
     }
 }

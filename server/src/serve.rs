@@ -52,6 +52,12 @@ impl Default for HttpLimits {
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header fields in one request.
 pub const MAX_HEADERS: usize = 100;
+/// The longest request target, and the longest header line (name, `: ` and
+/// value), in bytes. hyper bounds only the head as a whole; this per-line
+/// bound is nginx's, and it is checked by `http::common_layers`. A key of
+/// 1024 bytes is at most 3 KiB percent-encoded, so any valid request fits,
+/// a DUMP with both `prefix` and `after` included.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
