@@ -13,7 +13,7 @@
 #   CONNECTIONS  concurrent connections for every load generator                    [64]
 #   THREADS      wrk threads                                                         [2]
 #   REDIS_REQUESTS  requests per redis-benchmark run                                [200000]
-#   PORT_BASE    first of the 12 loopback ports used                                [18400]
+#   PORT_BASE    first of the 13 loopback ports used                                [18400]
 #   SKIP_BUILD=1 use the kv binaries already in target/release
 #   KEEP_TMP=1   keep the temporary directory (logs, raw outputs) and print its path
 #   OUT=FILE     also write the table (with its header) to FILE
@@ -47,6 +47,7 @@ WEBDIS_PORT=$((PORT_BASE + 8))
 REDIS_AOF_PORT=$((PORT_BASE + 9))    # appendonly yes, appendfsync always
 ETCD_PORT=$((PORT_BASE + 10))
 ETCD_PEER_PORT=$((PORT_BASE + 11))
+AXUM_HELLO_PORT=$((PORT_BASE + 12))
 
 COMMAND="KEYS=$KEYS ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash tests/perf/compare.sh"
 
@@ -184,6 +185,10 @@ start_everything() {
     wait_port kv-proxy "$KV_PROXY_PORT"
     wait_port kv-proxy "$KV_TELNET_PORT"
 
+    log "starting the trivial axum server"
+    start axum-hello "$TARGET_DIR/release/examples/hello" "127.0.0.1:$AXUM_HELLO_PORT"
+    wait_port axum-hello "$AXUM_HELLO_PORT"
+
     log "starting nginx"
     render "$HERE/nginx.conf" "$TMP/nginx.conf"
     mkdir -p "$TMP/nginx-cache"
@@ -291,6 +296,7 @@ round() {
     log "round $r of $ROUNDS"
     # Reads. Each cache is warmed just before its run: entries live 60 s.
     run_wrk nginx_hello "$r" "$NGINX_HELLO_PORT" get.lua
+    run_wrk axum_hello "$r" "$AXUM_HELLO_PORT" get.lua
     warm kv-proxy "$KV_PROXY_PORT" X-Cache
     run_wrk kvproxy_get "$r" "$KV_PROXY_PORT" get.lua
     warm nginx "$NGINX_CACHE_PORT" X-Cache-Status
@@ -322,10 +328,10 @@ done
 if [ "$SKIP_BUILD" = 1 ]; then
     log "SKIP_BUILD=1: using the binaries in $TARGET_DIR/release"
 else
-    log "building kv (cargo build --release --bins)"
-    (cd "$REPO" && cargo build --release --bins)
+    log "building kv (cargo build --release --workspace --bins --example hello)"
+    (cd "$REPO" && cargo build --release --workspace --bins --example hello)
 fi
-for b in kv-server kv-proxy kv; do
+for b in kv-server kv-proxy kv examples/hello; do
     [ -x "$TARGET_DIR/release/$b" ] || die "$TARGET_DIR/release/$b is missing"
 done
 if "$TARGET_DIR/release/kv" bench --help 2>/dev/null | grep -q -- '--no-populate'; then
