@@ -142,7 +142,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shut
 /// trivial axum server 26-55% more requests per second than tokio's default
 /// multi-threaded runtime, and kv-proxy's cache hits about the same. The accept
 /// loop, the connection cap and graceful shutdown stay on the main runtime.
-struct Workers {
+/// The telnet adapter uses a pool of its own.
+pub struct Workers {
     handles: Vec<tokio::runtime::Handle>,
     next: AtomicUsize,
     /// Dropped with the pool: each runtime then ends, and its thread with it.
@@ -150,7 +151,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn start() -> std::io::Result<Self> {
+    pub fn start() -> std::io::Result<Self> {
         let count = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let (mut handles, mut stops) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for i in 0..count {
@@ -173,7 +174,7 @@ impl Workers {
 
     /// Moves `stream` to the next runtime (its socket is registered with that
     /// runtime's reactor) and serves it there.
-    fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
+    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,

@@ -44,6 +44,9 @@ pub async fn serve(listener: TcpListener, shared: Session, cancel: CancellationT
     let limits = &shared.limits;
     let slots = Arc::new(Semaphore::new(limits.telnet_max_connections));
     let tracker = TaskTracker::new();
+    let workers = kv_server::serve::Workers::start()
+        .inspect_err(|err| tracing::warn!(cause = %err, "cannot start the telnet threads; serving on the main runtime"))
+        .ok();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -62,13 +65,21 @@ pub async fn serve(listener: TcpListener, shared: Session, cancel: CancellationT
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (shared, cancel) = (shared.clone(), cancel.clone());
-        tracker.spawn(async move {
-            if let Err(err) = session(stream, &shared, &cancel).await {
-                tracing::debug!(%peer, cause = %err, "telnet session ended with an error");
+        let (shared, cancel, tracker) = (shared.clone(), cancel.clone(), tracker.clone());
+        let serve_session = move |stream: TcpStream| {
+            tracker.track_future(async move {
+                if let Err(err) = session(stream, &shared, &cancel).await {
+                    tracing::debug!(%peer, cause = %err, "telnet session ended with an error");
+                }
+                drop(slot);
+            })
+        };
+        match &workers {
+            Some(workers) => workers.spawn(stream, serve_session),
+            None => {
+                tokio::spawn(serve_session(stream));
             }
-            drop(slot);
-        });
+        }
     }
     drop(listener);
     tracker.close();
