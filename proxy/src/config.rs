@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use kv_server::auth::AuthArgs;
 use kv_server::serve::HttpLimits;
+use kv_server::tls::TlsArgs;
 use kv_server::units::{parse_duration, parse_size};
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
@@ -68,6 +69,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Limits of the telnet adapter.
@@ -131,6 +135,7 @@ impl Config {
             upstream_token_file: None,
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
+            tls: TlsArgs::default(),
         }
     }
 }
