@@ -270,7 +270,10 @@ impl Proxy {
 
 /// An HTTP client for tests: no proxy from the environment, a generous timeout.
 pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
+        // Plain http only: no system trust store needed.
+        .tls_certs_only([])
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
@@ -297,4 +300,10 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
                 .parse()
                 .unwrap_or_else(|_| panic!("{series} is not a number: {value}"))
         })
+}
+
+/// Makes ring the process's rustls provider, as the kv programs do: reqwest is
+/// built without one of its own and needs it before any client is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -55,6 +55,7 @@ impl ProxyServer {
             &config.upstream,
             config.upstream_timeout,
             upstream_token.as_ref().map(kv_server::auth::Token::as_str),
+            config.upstream_ca_file.as_deref(),
         )?;
         let tls = config.tls.load().map_err(|err| err.to_string())?;
         let cache = cache::Cache::new(cache::CacheConfig {
