@@ -272,7 +272,7 @@ impl Proxy {
 pub fn client() -> reqwest::Client {
     install_crypto_provider();
     reqwest::Client::builder()
-        // Plain http only: no system trust store needed.
+        // Plain http only (see `https_client`): no system trust store needed.
         .tls_certs_only([])
         .no_proxy()
         .timeout(Duration::from_secs(60))
@@ -306,4 +306,65 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
 /// built without one of its own and needs it before any client is built.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTPS client for tests that trusts only the CA certificate in `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA certificate");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+impl Server {
+    /// A fresh server serving HTTPS with `args` (which carry `--tls-cert` and
+    /// `--tls-key`); its `url` is `https://127.0.0.1:PORT`.
+    pub fn start_https(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_str().expect("utf-8 path");
+        let mut all = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start("kv-server", &all, &[], &["listening on https://"]);
+        let addr = addr_after(&found[0]);
+        Self {
+            program,
+            addr,
+            url: format!("https://{addr}"),
+            data_dir: temp.path().to_owned(),
+            _temp: Some(temp),
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy serving HTTPS with `args` (which carry `--tls-cert` and
+    /// `--tls-key`) in front of `upstream`; its `url` is `https://...`.
+    pub fn start_https(upstream: &str, args: &[&str]) -> Self {
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--telnet-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+        ];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start(
+            "kv-proxy",
+            &all,
+            &[],
+            &["kv-proxy listening on https://", "telnet adapter listening on "],
+        );
+        let http = addr_after(&found[0]);
+        let telnet = addr_after(&found[1]);
+        Self {
+            program,
+            url: format!("https://{http}"),
+            telnet,
+        }
+    }
 }
