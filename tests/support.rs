@@ -37,6 +37,15 @@ pub fn bin_dir() -> &'static Path {
         if release {
             build.arg("--release");
         }
+        // Cargo gives this test the variables of its own package; ring's build
+        // script reruns when they change (rerun-if-env-changed), so passing them
+        // on would rebuild ring and everything above it on every test run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_MANIFEST_") || name == "OUT_DIR" {
+                build.env_remove(&*name);
+            }
+        }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "building the kv programs failed");
         dir
@@ -261,7 +270,10 @@ impl Proxy {
 
 /// An HTTP client for tests: no proxy from the environment, a generous timeout.
 pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
+        // Plain http only (see `https_client`): no system trust store needed.
+        .tls_certs_only([])
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
@@ -288,4 +300,71 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
                 .parse()
                 .unwrap_or_else(|_| panic!("{series} is not a number: {value}"))
         })
+}
+
+/// Makes ring the process's rustls provider, as the kv programs do: reqwest is
+/// built without one of its own and needs it before any client is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTPS client for tests that trusts only the CA certificate in `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA certificate");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+impl Server {
+    /// A fresh server serving HTTPS with `args` (which carry `--tls-cert` and
+    /// `--tls-key`); its `url` is `https://127.0.0.1:PORT`.
+    pub fn start_https(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_str().expect("utf-8 path");
+        let mut all = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start("kv-server", &all, &[], &["listening on https://"]);
+        let addr = addr_after(&found[0]);
+        Self {
+            program,
+            addr,
+            url: format!("https://{addr}"),
+            data_dir: temp.path().to_owned(),
+            _temp: Some(temp),
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy serving HTTPS with `args` (which carry `--tls-cert` and
+    /// `--tls-key`) in front of `upstream`; its `url` is `https://...`.
+    pub fn start_https(upstream: &str, args: &[&str]) -> Self {
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--telnet-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+        ];
+        all.extend_from_slice(args);
+        let (program, found) = Program::start(
+            "kv-proxy",
+            &all,
+            &[],
+            &["kv-proxy listening on https://", "telnet adapter listening on "],
+        );
+        let http = addr_after(&found[0]);
+        let telnet = addr_after(&found[1]);
+        Self {
+            program,
+            url: format!("https://{http}"),
+            telnet,
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The HTTP client the commands use: one method per API operation, and the
 //! mapping from HTTP answers to [`CliError`]s a person can act on.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,17 +33,26 @@ pub struct Client {
 
 impl Client {
     /// `url` is the proxy's or the server's base URL. `KV_TOKEN`, when set, is
-    /// sent as a bearer token.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, CliError> {
+    /// sent as a bearer token. `cacert` adds CAs to trust for https://.
+    pub fn new(url: &str, timeout: Duration, cacert: Option<&Path>) -> Result<Self, CliError> {
         let base = url.trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base).map_err(|err| CliError::Usage(format!("--url '{url}' is not a URL: {err}")))?;
+        let url =
+            reqwest::Url::parse(&base).map_err(|err| CliError::Usage(format!("--url '{url}' is not a URL: {err}")))?;
         let mut headers = header::HeaderMap::new();
         if let Ok(token) = std::env::var("KV_TOKEN") {
             let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
                 .map_err(|_| CliError::Usage("KV_TOKEN must be printable ASCII".into()))?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        kv_server::tls::install_crypto_provider();
+        let builder = if url.scheme() == "https" {
+            reqwest::Client::builder().tls_certs_merge(extra_roots(cacert)?)
+        } else {
+            // No TLS will be spoken (KV_CACERT may be set for other URLs), so
+            // do not load the system's trust store, which a bare machine lacks.
+            reqwest::Client::builder().tls_certs_only([])
+        };
+        let http = builder
             .no_proxy()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .read_timeout(timeout)
@@ -50,7 +60,14 @@ impl Client {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()
-            .map_err(|err| CliError::Usage(format!("cannot build an HTTP client: {err}")))?;
+            .map_err(|err| {
+                // reqwest says only "builder error"; the reason (no system CA
+                // certificates, say) is its source.
+                let reason = std::error::Error::source(&err)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                CliError::Usage(format!("cannot build an HTTP client: {err}{reason}"))
+            })?;
         Ok(Self { http, base })
     }
 
@@ -153,6 +170,11 @@ impl Client {
     fn unreachable(&self, err: &reqwest::Error) -> CliError {
         if err.is_timeout() {
             CliError::Unreachable(format!("{} did not answer in time (see --timeout)", self.base))
+        } else if let Some(tls) = kv_server::tls::rustls_cause(err) {
+            CliError::Unreachable(format!(
+                "TLS with {} failed: {tls} (a private CA or self-signed certificate needs --cacert or KV_CACERT)",
+                self.base
+            ))
         } else {
             CliError::Unreachable(format!(
                 "cannot reach kv at {}: is it running? Start it with `kv up`, or point --url (KV_URL) at it",
@@ -176,6 +198,19 @@ impl Client {
             _ => CliError::Server(message),
         }
     }
+}
+
+/// The certificates of `--cacert`, as reqwest takes them.
+fn extra_roots(cacert: Option<&Path>) -> Result<Vec<reqwest::Certificate>, CliError> {
+    let Some(path) = cacert else {
+        return Ok(Vec::new());
+    };
+    kv_server::tls::read_certificates(path, "CA file (--cacert)")
+        .map_err(|err| CliError::Usage(err.to_string()))?
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<_, _>>()
+        .map_err(|err| CliError::Usage(format!("--cacert {}: {err}", path.display())))
 }
 
 /// Splits a byte stream into NDJSON lines and parses each as an [`Item`].

@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long, env = "KV_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
 
+    /// A PEM file of CA certificates to trust for an https:// --url, besides
+    /// the system's: a private CA, or the server's self-signed certificate.
+    #[arg(long, env = "KV_CACERT", value_name = "PATH", global = true)]
+    pub cacert: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -107,7 +112,7 @@ pub enum Command {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = || Client::new(&cli.url, cli.timeout);
+    let client = || Client::new(&cli.url, cli.timeout, cli.cacert.as_deref());
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Get { key } => get(&client()?, &key).await,

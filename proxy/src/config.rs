@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use kv_server::auth::AuthArgs;
 use kv_server::serve::HttpLimits;
+use kv_server::tls::TlsArgs;
 use kv_server::units::{parse_duration, parse_size};
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
@@ -21,9 +22,15 @@ pub struct Config {
     #[arg(long, env = "KV_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Base URL of the kv-server to forward to.
+    /// Base URL of the kv-server to forward to: http:// or https://.
     #[arg(long, env = "KV_UPSTREAM", default_value = "http://127.0.0.1:7000")]
     pub upstream: String,
+
+    /// A PEM file of CA certificates to trust for an https:// upstream, in
+    /// addition to the system's trust store: a private CA, or the upstream's
+    /// own self-signed certificate.
+    #[arg(long, env = "KV_UPSTREAM_CA_FILE", value_name = "PATH")]
+    pub upstream_ca_file: Option<PathBuf>,
 
     /// Address and port for the telnet line protocol (PUT/GET/DEL/DUMP), or "off".
     #[arg(long, env = "KV_TELNET_LISTEN", default_value = "127.0.0.1:2323", value_parser = parse_listen)]
@@ -68,6 +75,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Limits of the telnet adapter.
@@ -120,6 +130,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream,
+            upstream_ca_file: None,
             telnet_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 2323))),
             cache_ttl: Duration::from_secs(60),
             cache_max_bytes: 256 << 20,
@@ -131,6 +142,7 @@ impl Config {
             upstream_token_file: None,
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
+            tls: TlsArgs::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! copied across; hop-by-hop headers and framing are never forwarded, and the
 //! body is re-framed with its own length (no request smuggling through us).
 
+use std::path::Path;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -88,19 +89,36 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// `upstream` is the server's base URL, like `http://127.0.0.1:7000`.
-    pub fn new(upstream: &str, timeout: Duration, token: Option<&str>) -> Result<Self, String> {
+    /// `upstream` is the server's base URL, like `http://127.0.0.1:7000` or
+    /// `https://kv.internal:7000`; `ca_file` holds extra CAs to trust for it.
+    pub fn new(upstream: &str, timeout: Duration, token: Option<&str>, ca_file: Option<&Path>) -> Result<Self, String> {
         let base = upstream.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|err| format!("--upstream '{upstream}' is not a URL: {err}"))?;
-        if url.scheme() != "http" {
-            return Err(format!("--upstream '{upstream}' must be an http:// URL"));
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("--upstream '{upstream}' must be an http:// or https:// URL"));
         }
         if url.path() != "/" || url.query().is_some() {
             return Err(format!(
                 "--upstream '{upstream}' must be a base URL such as http://127.0.0.1:7000, without a path"
             ));
         }
-        let client = reqwest::Client::builder()
+        kv_server::tls::install_crypto_provider();
+        let builder = match (url.scheme(), ca_file) {
+            // No TLS will be spoken, so do not load the system's trust store:
+            // a bare machine without one would fail to build the client.
+            ("http", None) => reqwest::Client::builder().tls_certs_only([]),
+            // Refused rather than ignored: whoever names a CA expects the
+            // traffic to be encrypted, and it would not be.
+            ("http", Some(_)) => {
+                return Err(format!(
+                    "--upstream-ca-file is set but --upstream '{upstream}' is not https://; use https:// or drop the CA file"
+                ));
+            }
+            // The system's trust store (reqwest's platform verifier), plus the
+            // CA file if any, so a publicly trusted upstream works either way.
+            (_, ca_file) => reqwest::Client::builder().tls_certs_merge(extra_roots(ca_file)?),
+        };
+        let client = builder
             // A proxy must not be redirected, nor proxied by whatever HTTP_PROXY says.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -111,7 +129,7 @@ impl Forward {
             .tcp_nodelay(true)
             .http1_only()
             .build()
-            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+            .map_err(|err| format!("cannot build the HTTP client: {}", with_causes(&err)))?;
         let token = token
             .map(|t| {
                 HeaderValue::from_str(&format!("Bearer {t}"))
@@ -252,17 +270,43 @@ impl Forward {
                 upstream: self.base.clone(),
                 timeout: self.timeout,
             }
-        } else {
-            let mut cause = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(inner) = source {
-                cause = format!("{cause}: {inner}");
-                source = inner.source();
-            }
+        } else if let Some(tls) = kv_server::tls::rustls_cause(&err) {
+            // The rustls error alone says what to fix (an unknown issuer, a
+            // name mismatch); reqwest's wrapping around it only adds noise.
             ForwardError::Unavailable {
                 upstream: self.base.clone(),
-                cause,
+                cause: format!("TLS handshake failed: {tls}"),
+            }
+        } else {
+            ForwardError::Unavailable {
+                upstream: self.base.clone(),
+                cause: with_causes(&err),
             }
         }
     }
+}
+
+/// The certificates of `--upstream-ca-file`, as reqwest takes them.
+fn extra_roots(ca_file: Option<&Path>) -> Result<Vec<reqwest::Certificate>, String> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    kv_server::tls::read_certificates(path, "upstream CA file")
+        .map_err(|err| err.to_string())?
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("upstream CA file {}: {err}", path.display()))
+}
+
+/// An error and each of its sources, for reqwest, whose own message
+/// ("builder error", "error sending request") leaves out what went wrong.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
 }

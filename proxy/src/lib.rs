@@ -30,10 +30,12 @@ pub struct ProxyServer {
     token: Option<kv_server::auth::Token>,
     proxy: proxy::Proxy,
     metrics: Arc<Metrics>,
+    tls: Option<kv_server::tls::TlsAcceptor>,
 }
 
 impl ProxyServer {
-    /// Builds the cache and the upstream client; fails on a malformed `--upstream`.
+    /// Builds the cache and the upstream client; fails on a malformed `--upstream`
+    /// or TLS files that cannot be used.
     pub fn new(config: Config) -> Result<Self, String> {
         let token = config.auth.load()?;
         let mut exposed = vec![(config.listen, "--listen")];
@@ -53,7 +55,9 @@ impl ProxyServer {
             &config.upstream,
             config.upstream_timeout,
             upstream_token.as_ref().map(kv_server::auth::Token::as_str),
+            config.upstream_ca_file.as_deref(),
         )?;
+        let tls = config.tls.load().map_err(|err| err.to_string())?;
         let cache = cache::Cache::new(cache::CacheConfig {
             ttl: config.cache_ttl,
             stale_if_error: config.stale_if_error,
@@ -67,6 +71,7 @@ impl ProxyServer {
             token,
             proxy,
             metrics: Arc::new(metrics),
+            tls,
         })
     }
 
@@ -76,7 +81,8 @@ impl ProxyServer {
         tracing::info!(
             ttl = %humantime::format_duration(self.config.cache_ttl),
             max_bytes = self.config.cache_max_bytes,
-            "kv-proxy listening on http://{addr}, forwarding to {}",
+            "kv-proxy listening on {}://{addr}, forwarding to {}",
+            if self.tls.is_some() { "https" } else { "http" },
             self.proxy.forward.upstream()
         );
         let cancel = CancellationToken::new();
@@ -104,7 +110,7 @@ impl ProxyServer {
             shutdown.await;
             cancel.cancel();
         };
-        kv_server::serve::serve(http, app, &self.config.http, stop).await;
+        kv_server::serve::serve(http, app, &self.config.http, self.tls.clone(), stop).await;
         cancel.cancel();
         if let Some(task) = telnet_task {
             let _ = task.await;

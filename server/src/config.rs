@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::auth::AuthArgs;
 use crate::serve::HttpLimits;
+use crate::tls::TlsArgs;
 use crate::units::parse_size;
 
 /// kv-server: a durable key-value store over HTTP.
@@ -38,6 +39,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl Config {
@@ -50,6 +54,7 @@ impl Config {
             store_cache: 256 << 20,
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
+            tls: TlsArgs::default(),
         }
     }
 }

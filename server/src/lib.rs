@@ -10,6 +10,7 @@
 //! - [`auth`]: the access token and protected mode (no token, no network).
 //! - [`middleware`]: the one layer around every route (metrics, body timeout, nosniff, panics).
 //! - [`serve`]: the hardened accept loop both programs use, and the shutdown signal.
+//! - [`tls`]: `--tls-cert`/`--tls-key`, and the crypto provider every kv program uses.
 //! - [`metrics`], [`error`], [`units`]: Prometheus figures, the error body, sizes and durations.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod middleware;
 pub mod quote;
 pub mod serve;
 pub mod store;
+pub mod tls;
 pub mod units;
 
 use std::future::Future;
@@ -41,6 +43,8 @@ pub enum StartError {
     Store(#[from] OpenError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// An opened server: the store is open and locked, nothing is listening yet.
@@ -48,6 +52,7 @@ pub struct Server {
     config: Config,
     store: RedbStore,
     token: Option<auth::Token>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
@@ -58,12 +63,19 @@ impl Server {
             .auth
             .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
             .map_err(StartError::Config)?;
+        // Before the store, so that a wrong path fails without touching the data directory.
+        let tls = config.tls.load()?;
         let options = RedbOptions {
             cache_bytes: config.store_cache as usize,
             ..RedbOptions::default()
         };
         let store = RedbStore::open(&config.data_dir, &options)?;
-        Ok(Self { config, store, token })
+        Ok(Self {
+            config,
+            store,
+            token,
+            tls,
+        })
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
@@ -74,7 +86,8 @@ impl Server {
         tracing::info!(
             keys = self.store.len().unwrap_or(0),
             revision = self.store.revision(),
-            "kv-server listening on http://{addr}, data in {}",
+            "kv-server listening on {}://{addr}, data in {}",
+            if self.tls.is_some() { "https" } else { "http" },
             path.display()
         );
         let state = http::AppState {
@@ -84,7 +97,7 @@ impl Server {
             token: self.token.clone(),
         };
         let app = http::app(state, self.config.http.request_timeout);
-        serve::serve(listener, app, &self.config.http, shutdown).await;
+        serve::serve(listener, app, &self.config.http, self.tls.clone(), shutdown).await;
         self.store.close().await;
         tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");
     }

@@ -8,6 +8,13 @@
 //!
 //! Accepted connections are handed to [`Workers`]: one single-threaded
 //! runtime per core, each connection living its whole life on one of them.
+//!
+//! With TLS, the handshake runs in the connection's own task, never in the
+//! loop, so a client that is slow to handshake cannot delay anyone's accept.
+//! It is bounded by the header-read timeout: a client that connects and sends
+//! nothing is cut off exactly as it is on a plain listener. (The request head
+//! then gets its own header-read timeout, so connecting and sending a head may
+//! take up to twice that in all.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,9 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::units::parse_duration;
 
@@ -65,9 +74,16 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in
-/// flight finish (for up to ten seconds) and returns.
-pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shutdown: impl Future<Output = ()>) {
+/// Serves `app` on `listener` (over TLS when given an acceptor) until
+/// `shutdown` resolves, then lets requests in flight finish (for up to ten
+/// seconds) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &HttpLimits,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -90,6 +106,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shut
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Stops handshakes still in progress at shutdown; graceful shutdown would
+    // otherwise wait for each of them to finish or time out.
+    let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
@@ -107,19 +126,38 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shut
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = limits.max_connections, "connection refused: too many open connections");
-            tokio::spawn(refuse(stream));
+            // A TLS client could not read a plain-text 503, and a handshake
+            // is work an overloaded server should not take on: just close.
+            if tls.is_none() {
+                tokio::spawn(refuse(stream));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let (tls, stopping, timeout) = (tls.clone(), stopping.clone(), limits.header_read_timeout);
         let serve_connection = move |stream: TcpStream| async move {
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app))
-                .into_owned();
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%peer, cause = %err, "connection ended with an error");
-            }
-            drop(slot);
+            let Some(acceptor) = tls else {
+                return finish(watcher.watch(connection(&builder, stream, &app)), peer, slot).await;
+            };
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+                () = stopping.cancelled() => return,
+            };
+            // Scanners, plain HTTP on this port, clients that distrust our
+            // certificate: routine, so debug lines, not warnings.
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, cause = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            finish(watcher.watch(connection(&builder, stream, &app)), peer, slot).await;
         };
         match &workers {
             Some(workers) => workers.spawn(stream, serve_connection),
@@ -129,6 +167,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &HttpLimits, shut
         }
     }
     drop(listener);
+    stopping.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections were still busy after {SHUTDOWN_GRACE:?}; closing them");
     }
@@ -194,6 +233,33 @@ impl Workers {
             }
         });
     }
+}
+
+/// One HTTP connection over `io`, plain or TLS; generic so the plain path
+/// costs what it did before TLS existed (no boxed stream).
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: &Router,
+) -> auto::UpgradeableConnection<'static, TokioIo<I>, TowerToHyperService<Router>, TokioExecutor>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app.clone()))
+        .into_owned()
+}
+
+/// Runs a connection to its end, then gives its slot back.
+async fn finish<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    peer: std::net::SocketAddr,
+    slot: OwnedSemaphorePermit,
+) {
+    if let Err(err) = connection.await {
+        tracing::debug!(%peer, cause = %err, "connection ended with an error");
+    }
+    drop(slot);
 }
 
 /// Tells a client over the connection cap why it is being turned away.

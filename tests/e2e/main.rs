@@ -9,3 +9,4 @@ mod robustness;
 mod security;
 mod server;
 mod telnet;
+mod tls;
