@@ -192,33 +192,28 @@ impl Server {
 
     /// A server on `data_dir` (kept when the server is dropped).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
-        let dir = data_dir.to_str().expect("utf-8 path");
-        let mut all = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
-        all.extend_from_slice(args);
-        let (program, found) = Program::start("kv-server", &all, &[], &["listening on http://"]);
-        let addr = addr_after(&found[0]);
-        Self {
-            program,
-            addr,
-            url: format!("http://{addr}"),
-            data_dir: data_dir.to_owned(),
-            _temp: None,
-        }
+        Self::launch(data_dir, "127.0.0.1:0", args, "http")
     }
 
     /// A server on `data_dir` listening on a given address, to come back on the
     /// port a client (a proxy, say) already points at.
     pub fn start_on(data_dir: &Path, listen: SocketAddr, args: &[&str]) -> Self {
+        Self::launch(data_dir, &listen.to_string(), args, "http")
+    }
+
+    /// `scheme` is what the server logs it listens on: `http`, or `https` when
+    /// `args` carry `--tls-cert` and `--tls-key`.
+    fn launch(data_dir: &Path, listen: &str, args: &[&str], scheme: &str) -> Self {
         let dir = data_dir.to_str().expect("utf-8 path");
-        let listen = listen.to_string();
-        let mut all = vec!["--listen", listen.as_str(), "--data-dir", dir];
+        let mut all = vec!["--listen", listen, "--data-dir", dir];
         all.extend_from_slice(args);
-        let (program, found) = Program::start("kv-server", &all, &[], &["listening on http://"]);
+        let marker = format!("listening on {scheme}://");
+        let (program, found) = Program::start("kv-server", &all, &[], &[marker.as_str()]);
         let addr = addr_after(&found[0]);
         Self {
             program,
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             data_dir: data_dir.to_owned(),
             _temp: None,
         }
@@ -243,6 +238,10 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str, args: &[&str]) -> Self {
+        Self::launch(upstream, args, "http")
+    }
+
+    fn launch(upstream: &str, args: &[&str], scheme: &str) -> Self {
         let mut all = vec![
             "--listen",
             "127.0.0.1:0",
@@ -252,17 +251,18 @@ impl Proxy {
             upstream,
         ];
         all.extend_from_slice(args);
+        let marker = format!("kv-proxy listening on {scheme}://");
         let (program, found) = Program::start(
             "kv-proxy",
             &all,
             &[],
-            &["kv-proxy listening on http://", "telnet adapter listening on "],
+            &[marker.as_str(), "telnet adapter listening on "],
         );
         let http = addr_after(&found[0]);
         let telnet = addr_after(&found[1]);
         Self {
             program,
-            url: format!("http://{http}"),
+            url: format!("{scheme}://{http}"),
             telnet,
         }
     }
@@ -270,10 +270,14 @@ impl Proxy {
 
 /// An HTTP client for tests: no proxy from the environment, a generous timeout.
 pub fn client() -> reqwest::Client {
+    // Plain http only (see `https_client`): no system trust store needed.
+    client_trusting(Vec::new())
+}
+
+fn client_trusting(roots: Vec<reqwest::Certificate>) -> reqwest::Client {
     install_crypto_provider();
     reqwest::Client::builder()
-        // Plain http only (see `https_client`): no system trust store needed.
-        .tls_certs_only([])
+        .tls_certs_only(roots)
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
@@ -310,14 +314,7 @@ pub fn install_crypto_provider() {
 
 /// An HTTPS client for tests that trusts only the CA certificate in `ca_pem`.
 pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
-    install_crypto_provider();
-    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA certificate");
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
+    client_trusting(vec![reqwest::Certificate::from_pem(ca_pem).expect("CA certificate")])
 }
 
 impl Server {
@@ -325,18 +322,9 @@ impl Server {
     /// `--tls-key`); its `url` is `https://127.0.0.1:PORT`.
     pub fn start_https(args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
-        let dir = temp.path().to_str().expect("utf-8 path");
-        let mut all = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
-        all.extend_from_slice(args);
-        let (program, found) = Program::start("kv-server", &all, &[], &["listening on https://"]);
-        let addr = addr_after(&found[0]);
-        Self {
-            program,
-            addr,
-            url: format!("https://{addr}"),
-            data_dir: temp.path().to_owned(),
-            _temp: Some(temp),
-        }
+        let mut server = Self::launch(temp.path(), "127.0.0.1:0", args, "https");
+        server._temp = Some(temp);
+        server
     }
 }
 
@@ -344,27 +332,6 @@ impl Proxy {
     /// A proxy serving HTTPS with `args` (which carry `--tls-cert` and
     /// `--tls-key`) in front of `upstream`; its `url` is `https://...`.
     pub fn start_https(upstream: &str, args: &[&str]) -> Self {
-        let mut all = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--telnet-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-        ];
-        all.extend_from_slice(args);
-        let (program, found) = Program::start(
-            "kv-proxy",
-            &all,
-            &[],
-            &["kv-proxy listening on https://", "telnet adapter listening on "],
-        );
-        let http = addr_after(&found[0]);
-        let telnet = addr_after(&found[1]);
-        Self {
-            program,
-            url: format!("https://{http}"),
-            telnet,
-        }
+        Self::launch(upstream, args, "https")
     }
 }

@@ -46,7 +46,9 @@ impl Client {
         }
         kv_server::tls::install_crypto_provider();
         let builder = if url.scheme() == "https" {
-            reqwest::Client::builder().tls_certs_merge(extra_roots(cacert)?)
+            reqwest::Client::builder().tls_certs_merge(
+                kv_proxy::forward::trusted_roots(cacert, "CA file (--cacert)").map_err(CliError::Usage)?,
+            )
         } else {
             // No TLS will be spoken (KV_CACERT may be set for other URLs), so
             // do not load the system's trust store, which a bare machine lacks.
@@ -198,19 +200,6 @@ impl Client {
             _ => CliError::Server(message),
         }
     }
-}
-
-/// The certificates of `--cacert`, as reqwest takes them.
-fn extra_roots(cacert: Option<&Path>) -> Result<Vec<reqwest::Certificate>, CliError> {
-    let Some(path) = cacert else {
-        return Ok(Vec::new());
-    };
-    kv_server::tls::read_certificates(path, "CA file (--cacert)")
-        .map_err(|err| CliError::Usage(err.to_string()))?
-        .iter()
-        .map(|der| reqwest::Certificate::from_der(der))
-        .collect::<Result<_, _>>()
-        .map_err(|err| CliError::Usage(format!("--cacert {}: {err}", path.display())))
 }
 
 /// Splits a byte stream into NDJSON lines and parses each as an [`Item`].

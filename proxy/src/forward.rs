@@ -116,7 +116,7 @@ impl Forward {
             }
             // The system's trust store (reqwest's platform verifier), plus the
             // CA file if any, so a publicly trusted upstream works either way.
-            (_, ca_file) => reqwest::Client::builder().tls_certs_merge(extra_roots(ca_file)?),
+            (_, ca_file) => reqwest::Client::builder().tls_certs_merge(trusted_roots(ca_file, "upstream CA file")?),
         };
         let client = builder
             // A proxy must not be redirected, nor proxied by whatever HTTP_PROXY says.
@@ -286,17 +286,18 @@ impl Forward {
     }
 }
 
-/// The certificates of `--upstream-ca-file`, as reqwest takes them.
-fn extra_roots(ca_file: Option<&Path>) -> Result<Vec<reqwest::Certificate>, String> {
+/// The certificates in a CA file (`what` names it in messages), as reqwest
+/// takes them; the CLI's `--cacert` uses this too.
+pub fn trusted_roots(ca_file: Option<&Path>, what: &'static str) -> Result<Vec<reqwest::Certificate>, String> {
     let Some(path) = ca_file else {
         return Ok(Vec::new());
     };
-    kv_server::tls::read_certificates(path, "upstream CA file")
+    kv_server::tls::read_certificates(path, what)
         .map_err(|err| err.to_string())?
         .iter()
         .map(|der| reqwest::Certificate::from_der(der))
         .collect::<Result<_, _>>()
-        .map_err(|err| format!("upstream CA file {}: {err}", path.display()))
+        .map_err(|err| format!("{what} {}: {err}", path.display()))
 }
 
 /// An error and each of its sources, for reqwest, whose own message

@@ -170,12 +170,7 @@ async fn plain_http_on_the_tls_port_is_not_served_and_the_server_carries_on() {
         String::from_utf8_lossy(&received)
     );
 
-    let health = https_client(&certs.pem)
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_serves(&certs, &server.url).await;
     // A failed handshake is routine (scanners, typos): no warning for it.
     assert!(!server.program.log().contains("WARN"), "{}", server.program.log());
 }
@@ -198,12 +193,7 @@ async fn a_client_that_never_says_hello_is_closed_by_the_header_read_timeout() {
         "closed after {waited:?}, expected about 1 s"
     );
 
-    let health = https_client(&certs.pem)
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_serves(&certs, &server.url).await;
 }
 
 #[tokio::test]
@@ -364,4 +354,14 @@ fn the_cli_speaks_https_with_cacert() {
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("invalid peer certificate"), "{stderr}");
     assert!(stderr.contains("--cacert"), "{stderr}");
+}
+
+/// The server still answers a well-behaved HTTPS client.
+async fn assert_serves(certs: &Certs, url: &str) {
+    let health = https_client(&certs.pem)
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
 }
