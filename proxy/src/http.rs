@@ -10,9 +10,12 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
 use kv_server::error::ApiError;
-use kv_server::http::{Key, parse_condition};
+use kv_server::http::{KEY_ROUTE, Key, parse_condition, plain_get};
 use kv_server::metrics::{self, Metrics};
+use kv_server::middleware;
+use kv_server::serve::Shortcut;
 use kv_server::store::Condition;
 
 use crate::cache::CacheStatus;
@@ -34,12 +37,43 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
     let routes = Router::new()
         .route("/kv", get(dump))
         .route("/kv/", get(get_key).put(put_key).delete(delete_key))
-        .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route(KEY_ROUTE, get(get_key).put(put_key).delete(delete_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi));
     let routes = kv_server::auth::guard(routes, state.token.clone());
     kv_server::http::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+}
+
+/// Cache hits, answered before the router: the [`Shortcut`] of kv-proxy.
+///
+/// A hit takes the same steps as [`get_key`] behind the router (token, line
+/// limits, key decoding, `If-None-Match`, [`lookup_response`], the edge
+/// layer's metrics and `nosniff`) without routing, extractors and their boxed
+/// futures. Anything else (a miss, a request with a body, a malformed key or
+/// header) goes to the router untouched, which then answers it in full.
+pub struct Hits(Arc<ProxyState>);
+
+impl Hits {
+    pub fn new(state: &ProxyState) -> Self {
+        Self(Arc::new(state.clone()))
+    }
+}
+
+impl Shortcut for Hits {
+    async fn answer(&self, request: hyper::Request<Incoming>) -> Result<Response, hyper::Request<Incoming>> {
+        let started = std::time::Instant::now();
+        let state = &self.0;
+        let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
+            return Err(request);
+        };
+        let Some(lookup) = state.proxy.hit(&key).await else {
+            return Err(request);
+        };
+        let mut response = lookup_response(&key, &lookup, &if_none_match);
+        middleware::finish(&mut response, false, &state.metrics, "GET", KEY_ROUTE, started);
+        Ok(response)
+    }
 }
 
 /// Takes the whole `Request` rather than a `HeaderMap`, which axum would clone.
@@ -61,12 +95,7 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
         response.headers_mut().insert(X_CACHE.clone(), x_cache);
         return response;
     };
-    let not_modified = match if_none_match {
-        Condition::None => false,
-        Condition::Any => true,
-        Condition::Versions(versions) => versions.contains(&value.version),
-    };
-    let mut response = if not_modified {
+    let mut response = if if_none_match.matches(value.version) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response

@@ -105,12 +105,13 @@ impl ProxyServer {
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
             token: self.token.clone(),
         };
+        let hits = http::Hits::new(&state);
         let app = http::app(state, self.config.http.request_timeout);
         let stop = async {
             shutdown.await;
             cancel.cancel();
         };
-        kv_server::serve::serve(http, app, &self.config.http, self.tls.clone(), stop).await;
+        kv_server::serve::serve(http, app, hits, &self.config.http, self.tls.clone(), stop).await;
         cancel.cancel();
         if let Some(task) = telnet_task {
             let _ = task.await;

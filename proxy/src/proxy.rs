@@ -68,15 +68,21 @@ impl Proxy {
         self
     }
 
+    /// The cached answer for `key`, if there is a fresh one (counted as a hit).
+    pub async fn hit(&self, key: &str) -> Option<Lookup> {
+        let value = self.cache.fresh(key).await?;
+        self.cache.counters.hits.inc();
+        Some(Lookup {
+            status: CacheStatus::Hit,
+            value: Some(value),
+        })
+    }
+
     pub async fn get(&self, key: &str) -> Result<Lookup, ReadError> {
-        let counters = &self.cache.counters;
-        if let Some(value) = self.cache.fresh(key).await {
-            counters.hits.inc();
-            return Ok(Lookup {
-                status: CacheStatus::Hit,
-                value: Some(value),
-            });
+        if let Some(lookup) = self.hit(key).await {
+            return Ok(lookup);
         }
+        let counters = &self.cache.counters;
         counters.misses.inc();
         let (forward, fill_delay, failures) = (&self.forward, self.fill_delay, &self.failures);
         let queued_at = Instant::now();

@@ -49,7 +49,7 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
     let routes = Router::new()
         .route("/kv", get(dump))
         .route("/kv/", get(get_key).put(put_key).delete(delete_key))
-        .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route(KEY_ROUTE, get(get_key).put(put_key).delete(delete_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/openapi.yaml", get(openapi));
@@ -79,7 +79,7 @@ pub fn common_layers<S: Clone + Send + Sync + 'static>(
 /// [`MAX_HEADERS`] header fields (431; hyper counts them for HTTP/1 but not for
 /// HTTP/2). hyper has already bounded the whole head at 64 KiB, so checking after
 /// it parsed is safe; every request passes here, so it only loops over lengths.
-pub(crate) fn over_line_limits(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<ApiError> {
+pub fn over_line_limits(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<ApiError> {
     // The target as hyper parsed it: with scheme and authority when the client
     // sent an absolute URI (and over HTTP/2, where they are pseudo-headers).
     let target = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len())
@@ -117,6 +117,70 @@ pub(crate) fn over_line_limits(uri: &axum::http::Uri, headers: &HeaderMap) -> Op
     None
 }
 
+/// A plain `GET /kv/{key}` that a [`Shortcut`](crate::serve::Shortcut) may
+/// answer without the router: its key and `If-None-Match`.
+///
+/// `None` for anything the router must see to answer as it always does: another
+/// method (HEAD included), a body, a request over a line limit, a missing or
+/// wrong token, a malformed key or condition. The router then refuses those
+/// with its usual status.
+pub fn plain_get<B: hyper::body::Body>(
+    request: &axum::http::Request<B>,
+    token: Option<&crate::auth::Token>,
+) -> Option<(String, Condition)> {
+    let headers = request.headers();
+    if request.method() != axum::http::Method::GET
+        || !request.uri().path().starts_with(key::KV_PREFIX)
+        || !request.body().is_end_stream()
+        || over_line_limits(request.uri(), headers).is_some()
+        || token.is_some_and(|token| !token.authorizes(headers.get(header::AUTHORIZATION)))
+    {
+        return None;
+    }
+    let key = key::decode_path(request.uri().path()).ok()?;
+    let if_none_match = parse_condition(headers, &header::IF_NONE_MATCH).ok()?;
+    Some((key, if_none_match))
+}
+
+/// The route of a single key, as routes and metrics name it.
+pub const KEY_ROUTE: &str = "/kv/{*key}";
+
+/// kv-server's [`Shortcut`](crate::serve::Shortcut): `GET /kv/{key}` read from
+/// the store and answered as [`get_key`] would, without routing and extractors.
+pub struct Reads(Arc<AppState>);
+
+impl Reads {
+    pub fn new(state: &AppState) -> Self {
+        Self(Arc::new(state.clone()))
+    }
+}
+
+impl crate::serve::Shortcut for Reads {
+    async fn answer(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<Response, hyper::Request<hyper::body::Incoming>> {
+        let started = std::time::Instant::now();
+        let state = &self.0;
+        let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
+            return Err(request);
+        };
+        // A store error goes the long way, to be answered (and logged) there.
+        let Ok(entry) = state.store.get(&key) else {
+            return Err(request);
+        };
+        let mut response = match entry {
+            Some(entry) => {
+                let not_modified = if_none_match.matches(entry.version);
+                value_response(&entry, not_modified)
+            }
+            None => ApiError::key_not_found(&key).into_response(),
+        };
+        crate::middleware::finish(&mut response, false, &state.metrics, "GET", KEY_ROUTE, started);
+        Ok(response)
+    }
+}
+
 /// The key a request names, decoded from the raw path (never from a
 /// pre-decoded parameter) so that the proxy, which uses the same function,
 /// always agrees with the server.
@@ -134,12 +198,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
 async fn get_key(State(state): State<Arc<AppState>>, Key(key): Key, request: Request) -> Result<Response, ApiError> {
     let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = parse_condition(request.headers(), &header::IF_NONE_MATCH)?;
-    let not_modified = match &if_none_match {
-        Condition::None => false,
-        Condition::Any => true,
-        Condition::Versions(versions) => versions.contains(&entry.version),
-    };
-    Ok(value_response(&entry, not_modified))
+    Ok(value_response(&entry, if_none_match.matches(entry.version)))
 }
 
 /// The response for a stored value: the raw bytes with their content type

@@ -96,8 +96,9 @@ impl Server {
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
             token: self.token.clone(),
         };
+        let reads = http::Reads::new(&state);
         let app = http::app(state, self.config.http.request_timeout);
-        serve::serve(listener, app, &self.config.http, self.tls.clone(), shutdown).await;
+        serve::serve(listener, app, reads, &self.config.http, self.tls.clone(), shutdown).await;
         self.store.close().await;
         tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");
     }

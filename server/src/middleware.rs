@@ -126,8 +126,9 @@ where
     }
 }
 
-/// What every answer gets on its way out.
-fn finish(
+/// What every answer gets on its way out; a [`Shortcut`](crate::serve::Shortcut)
+/// that answers without the router calls it too.
+pub fn finish(
     response: &mut Response,
     unread_body: bool,
     metrics: &Metrics,

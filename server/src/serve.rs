@@ -9,6 +9,9 @@
 //! Accepted connections are handed to [`Workers`]: one single-threaded
 //! runtime per core, each connection living its whole life on one of them.
 //!
+//! A [`Shortcut`] may answer a request before the router sees it: the
+//! proxy answers its cache hits that way.
+//!
 //! With TLS, the handshake runs in the connection's own task, never in the
 //! loop, so a client that is slow to handshake cannot delay anyone's accept.
 //! It is bounded by the header-read timeout: a client that connects and sends
@@ -16,21 +19,25 @@
 //! then gets its own header-read timeout, so connecting and sending a head may
 //! take up to twice that in all.)
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::Service as _;
 
 use crate::units::parse_duration;
 
@@ -74,12 +81,37 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Answers some requests before the router does, and hands it the rest.
+///
+/// It exists for the proxy's cache hits: a hit is a lookup and a prebuilt
+/// answer, about half the CPU of routing and extracting the same request
+/// through axum (ARCHITECTURE.md, "GET through the proxy"). Whatever it does not
+/// answer exactly as the router would (a miss, a malformed key, a request over a
+/// limit), it gives back untouched.
+pub trait Shortcut: Send + Sync + 'static {
+    fn answer(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> impl Future<Output = Result<Response, hyper::Request<Incoming>>> + Send;
+}
+
+/// No shortcut: every request goes to the router.
+impl Shortcut for () {
+    fn answer(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> impl Future<Output = Result<Response, hyper::Request<Incoming>>> + Send {
+        std::future::ready(Err(request))
+    }
+}
+
 /// Serves `app` on `listener` (over TLS when given an acceptor) until
 /// `shutdown` resolves, then lets requests in flight finish (for up to ten
-/// seconds) and returns.
-pub async fn serve(
+/// seconds) and returns. `shortcut` sees each request first.
+pub async fn serve<S: Shortcut>(
     listener: TcpListener,
     app: Router,
+    shortcut: S,
     limits: &HttpLimits,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
@@ -97,6 +129,10 @@ pub async fn serve(
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
+    let front = Front {
+        router: app,
+        shortcut: Arc::new(shortcut),
+    };
     let workers = match Workers::start() {
         Ok(workers) => Some(workers),
         Err(err) => {
@@ -134,11 +170,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let (builder, front, watcher) = (builder.clone(), front.clone(), graceful.watcher());
         let (tls, stopping, timeout) = (tls.clone(), stopping.clone(), limits.header_read_timeout);
         let serve_connection = move |stream: TcpStream| async move {
             let Some(acceptor) = tls else {
-                return finish(watcher.watch(connection(&builder, stream, &app)), peer, slot).await;
+                return finish(watcher.watch(connection(&builder, stream, front)), peer, slot).await;
             };
             let handshake = tokio::select! {
                 handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
@@ -157,7 +193,7 @@ pub async fn serve(
                     return;
                 }
             };
-            finish(watcher.watch(connection(&builder, stream, &app)), peer, slot).await;
+            finish(watcher.watch(connection(&builder, stream, front)), peer, slot).await;
         };
         match &workers {
             Some(workers) => workers.spawn(stream, serve_connection),
@@ -235,18 +271,50 @@ impl Workers {
     }
 }
 
+/// The hyper service of a connection: the shortcut, then the router.
+struct Front<S> {
+    router: Router,
+    shortcut: Arc<S>,
+}
+
+impl<S> Clone for Front<S> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            shortcut: self.shortcut.clone(),
+        }
+    }
+}
+
+impl<S: Shortcut> hyper::service::Service<hyper::Request<Incoming>> for Front<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let Front { mut router, shortcut } = self.clone();
+        Box::pin(async move {
+            match shortcut.answer(request).await {
+                Ok(response) => Ok(response),
+                Err(request) => router.call(request).await,
+            }
+        })
+    }
+}
+
 /// One HTTP connection over `io`, plain or TLS; generic so the plain path
 /// costs what it did before TLS existed (no boxed stream).
-fn connection<I>(
+fn connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
-    app: &Router,
-) -> auto::UpgradeableConnection<'static, TokioIo<I>, TowerToHyperService<Router>, TokioExecutor>
+    front: Front<S>,
+) -> auto::UpgradeableConnection<'static, TokioIo<I>, Front<S>, TokioExecutor>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Shortcut,
 {
     builder
-        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app.clone()))
+        .serve_connection_with_upgrades(TokioIo::new(io), front)
         .into_owned()
 }
 

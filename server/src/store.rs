@@ -34,6 +34,18 @@ pub enum Condition {
     Versions(Vec<u64>),
 }
 
+impl Condition {
+    /// Whether an `If-None-Match` with this condition matches a key at
+    /// `version`, so that a GET answers 304.
+    pub fn matches(&self, version: u64) -> bool {
+        match self {
+            Self::None => false,
+            Self::Any => true,
+            Self::Versions(versions) => versions.contains(&version),
+        }
+    }
+}
+
 /// The preconditions of a write, from `If-Match` and `If-None-Match`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Precondition {
