@@ -21,7 +21,7 @@ pub struct Config {
     #[arg(long, env = "KV_SERVER_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
 
-    /// Directory holding the database file (kv.redb); created if missing.
+    /// Directory holding the database (kv.redb) and its write-ahead log (kv.wal); created if missing.
     /// Only one kv-server may use a directory at a time.
     #[arg(long, env = "KV_DATA_DIR", default_value = "./kv-data")]
     pub data_dir: PathBuf,

@@ -6,6 +6,7 @@
 //! are what ETags, conditional writes and the proxy's cache ordering rest on.
 
 pub mod redb;
+pub mod wal;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;

@@ -1,7 +1,9 @@
 //! The server's durability promises under crashes and I/O faults, measured on
-//! the real engine (`RedbStore` with its writer thread and group commit)
-//! through storage backends that misbehave on purpose, in the manner of redb's
-//! own crash-consistency tests.
+//! the real engine (`RedbStore` with its writer thread, group commit,
+//! write-ahead log and checkpoints) through storage backends that misbehave
+//! on purpose, in the manner of redb's own crash-consistency tests. The
+//! database and its log are two files on one simulated machine: a power loss
+//! or a fault counts the operations of both.
 //!
 //! - `power_loss_never_loses_an_acknowledged_write`: a backend whose durable
 //!   image advances only on `sync_data`, killed at thousands of random
@@ -50,9 +52,13 @@ const FILE_LIFETIME: u64 = 50;
 const ROUNDS: u64 = 4;
 const MAX_BATCH: u64 = 4;
 
+/// A small cache, so that redb writes pages between checkpoints too, and a
+/// checkpoint every few groups, so that crashes and faults hit checkpoints,
+/// log appends and replays alike.
 fn options() -> RedbOptions {
     RedbOptions {
         cache_bytes: 1 << 20,
+        checkpoint_bytes: 2048,
         ..RedbOptions::default()
     }
 }
@@ -224,23 +230,18 @@ enum Unsynced {
     SetLen(usize),
 }
 
+/// What both files of a machine share: the count of operations, and whether
+/// the power is still on.
 #[derive(Default)]
-struct Disk {
-    /// What the running program sees: every write and `set_len` lands here.
-    volatile: Vec<u8>,
-    /// What survives a power loss for certain: `volatile` as of the last sync.
-    durable: Vec<u8>,
-    /// The changes since the last sync, in order; a power loss keeps none, or
-    /// (in the harsher variant) a random subset of their pages.
-    unsynced: Vec<Unsynced>,
-    /// Writes, `set_len`s and syncs that succeeded.
+struct Machine {
+    /// Writes, `set_len`s and syncs that succeeded, on any file.
     ops: u64,
     /// The machine dies once this many operations have succeeded.
     crash_after: Option<u64>,
     dead: bool,
 }
 
-impl Disk {
+impl Machine {
     /// Admits one write, `set_len` or sync, unless the machine is (now) dead.
     fn operate(&mut self) -> io::Result<()> {
         if !self.dead && self.crash_after.is_some_and(|k| self.ops >= k) {
@@ -254,50 +255,87 @@ impl Disk {
     }
 }
 
-/// A disk that loses whatever was not synced when the power goes.
+#[derive(Default)]
+struct Disk {
+    /// What the running program sees: every write and `set_len` lands here.
+    volatile: Vec<u8>,
+    /// What survives a power loss for certain: `volatile` as of the last sync.
+    durable: Vec<u8>,
+    /// The changes since the last sync, in order; a power loss keeps none, or
+    /// (in the harsher variant) a random subset of their pages.
+    unsynced: Vec<Unsynced>,
+}
+
+/// One file on a disk that loses whatever was not synced when the power goes.
 #[derive(Clone)]
-struct CrashBackend(Arc<Mutex<Disk>>);
+struct CrashBackend {
+    machine: Arc<Mutex<Machine>>,
+    file: Arc<Mutex<Disk>>,
+}
 
 impl fmt::Debug for CrashBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let disk = self.disk();
+        let machine = lock(&self.machine);
         f.debug_struct("CrashBackend")
-            .field("len", &disk.volatile.len())
-            .field("ops", &disk.ops)
-            .field("dead", &disk.dead)
+            .field("len", &self.disk().volatile.len())
+            .field("ops", &machine.ops)
+            .field("dead", &machine.dead)
             .finish()
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl CrashBackend {
-    /// A disk holding `image` durably, which dies after `crash_after` operations.
+    /// A machine with one file holding `image` durably, which dies after
+    /// `crash_after` operations.
     fn new(image: Vec<u8>, crash_after: Option<u64>) -> Self {
-        Self(Arc::new(Mutex::new(Disk {
+        let machine = Machine {
+            crash_after,
+            ..Machine::default()
+        };
+        Self::on(Arc::new(Mutex::new(machine)), image)
+    }
+
+    /// Another file on the same machine, holding `image` durably.
+    fn beside(&self, image: Vec<u8>) -> Self {
+        Self::on(self.machine.clone(), image)
+    }
+
+    fn on(machine: Arc<Mutex<Machine>>, image: Vec<u8>) -> Self {
+        let file = Disk {
             volatile: image.clone(),
             durable: image,
-            crash_after,
             ..Disk::default()
-        })))
+        };
+        Self {
+            machine,
+            file: Arc::new(Mutex::new(file)),
+        }
     }
 
     fn disk(&self) -> MutexGuard<'_, Disk> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.file)
     }
 
+    /// Operations on every file of the machine.
     fn ops(&self) -> u64 {
-        self.disk().ops
+        lock(&self.machine).ops
     }
 
     fn is_dead(&self) -> bool {
-        self.disk().dead
+        lock(&self.machine).dead
     }
 
-    /// Cuts the power: from now on every write and sync fails. Returns the
-    /// image the disk holds when the machine boots again: the durable image,
-    /// plus, with `torn`, each page of each unsynced change with probability 1/2.
+    /// Cuts the power: from now on every write and sync fails, on every file
+    /// of the machine. Returns the image this file holds when the machine
+    /// boots again: the durable image, plus, with `torn`, each page of each
+    /// unsynced change with probability 1/2.
     fn power_off(&self, torn: Option<&mut Rng>) -> Vec<u8> {
-        let mut disk = self.disk();
-        disk.dead = true;
+        lock(&self.machine).dead = true;
+        let disk = self.disk();
         let mut image = disk.durable.clone();
         if let Some(rng) = torn {
             for change in &disk.unsynced {
@@ -337,16 +375,16 @@ impl StorageBackend for CrashBackend {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = to_usize(len)?;
+        lock(&self.machine).operate()?;
         let mut disk = self.disk();
-        disk.operate()?;
         disk.volatile.resize(len, 0);
         disk.unsynced.push(Unsynced::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        lock(&self.machine).operate()?;
         let mut disk = self.disk();
-        disk.operate()?;
         let Disk { durable, unsynced, .. } = &mut *disk;
         for change in unsynced.drain(..) {
             match change {
@@ -360,8 +398,8 @@ impl StorageBackend for CrashBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let offset = to_usize(offset)?;
+        lock(&self.machine).operate()?;
         let mut disk = self.disk();
-        disk.operate()?;
         apply_write(&mut disk.volatile, offset, data);
         disk.unsynced.push(Unsynced::Write {
             offset,
@@ -382,6 +420,9 @@ struct PowerLossFigures {
     unacknowledged: u64,
     checked: u64,
     integrity_checks: u64,
+    /// Reboots that found acknowledged writes only in the log, and how many.
+    replays: u64,
+    replayed: u64,
 }
 
 /// One life of a store: opens it over `disk`, writes rounds of concurrent puts
@@ -463,7 +504,8 @@ async fn power_loss_never_loses_an_acknowledged_write() {
     // are drawn a little beyond it, so that some fall when the store is idle.
     let budget = {
         let disk = CrashBackend::new(Vec::new(), None);
-        let store = RedbStore::open_with_backend(disk.clone(), &options()).expect("a fresh store opens");
+        let store = RedbStore::open_with_backend(disk.clone(), disk.beside(Vec::new()), &options())
+            .expect("a fresh store opens");
         let mut acked = Vec::new();
         let mut probe = PowerLossFigures::default();
         live_until_power_loss(&store, &disk, &mut rng, &mut next_key, &mut acked, &mut probe).await;
@@ -471,22 +513,25 @@ async fn power_loss_never_loses_an_acknowledged_write() {
         disk.ops() + disk.ops() / 8
     };
 
-    let mut image = Vec::new();
+    let (mut image, mut log_image) = (Vec::new(), Vec::new());
     let mut acked: Vec<Acked> = Vec::new();
     for point in 0..crash_points {
         if point % FILE_LIFETIME == 0 {
             image.clear();
+            log_image.clear();
             acked.clear();
         }
         let crash_after = rng.below(budget + 1);
         let torn = point % 2 == 1;
         let fresh = image.is_empty();
         let disk = CrashBackend::new(std::mem::take(&mut image), Some(crash_after));
-        match RedbStore::open_with_backend(disk.clone(), &options()) {
+        let log = disk.beside(std::mem::take(&mut log_image));
+        match RedbStore::open_with_backend(disk.clone(), log.clone(), &options()) {
             Ok(store) => {
                 live_until_power_loss(&store, &disk, &mut rng, &mut next_key, &mut acked, &mut figures).await;
                 figures.mid_operation += u64::from(disk.is_dead());
                 image = disk.power_off(torn.then_some(&mut rng));
+                log_image = log.power_off(torn.then_some(&mut rng));
                 store.close().await;
             }
             Err(err) => {
@@ -494,15 +539,17 @@ async fn power_loss_never_loses_an_acknowledged_write() {
                 figures.opens_cut_short += 1;
                 figures.mid_operation += 1;
                 image = disk.power_off(torn.then_some(&mut rng));
+                log_image = log.power_off(torn.then_some(&mut rng));
                 if fresh && !image.starts_with(&REDB_MAGIC) {
                     // `RedbStore::open` lets redb initialise a new file under a temporary
                     // name and gives it its name only once initialised: a crash before
                     // that leaves no file (see `a_crash_while_creating_the_file_leaves_none`).
                     image.clear();
+                    log_image.clear();
                 }
             }
         }
-        drop(disk);
+        drop((disk, log));
         figures.crash_points += 1;
         figures.torn += u64::from(torn);
 
@@ -513,8 +560,11 @@ async fn power_loss_never_loses_an_acknowledged_write() {
             if torn { "some" } else { "no" }
         );
         let rebooted = CrashBackend::new(image.clone(), None);
-        let store = RedbStore::open_with_backend(rebooted, &options())
+        let log = rebooted.beside(log_image.clone());
+        let store = RedbStore::open_with_backend(rebooted, log, &options())
             .unwrap_or_else(|e| panic!("{context}: the store did not reopen: {e}"));
+        figures.replays += u64::from(store.recovered() > 0);
+        figures.replayed += store.recovered() as u64;
         figures.checked += assert_all_present(&store, &acked, &context);
         store.close().await;
         drop(store);
@@ -539,12 +589,15 @@ async fn power_loss_never_loses_an_acknowledged_write() {
     );
     println!(
         "  ({} mid-operation, {} of them while opening; {} with a random subset of unsynced pages kept; \
-         {} writes acknowledged, {} refused; {} redb integrity checks; seed {seed}; {:.1?})",
+         {} writes acknowledged, {} refused; {} reboots replayed {} writes from the log; \
+         {} redb integrity checks; seed {seed}; {:.1?})",
         figures.mid_operation,
         figures.opens_cut_short,
         figures.torn,
         figures.acknowledged,
         figures.unacknowledged,
+        figures.replays,
+        figures.replayed,
         figures.integrity_checks,
         started.elapsed()
     );
@@ -556,13 +609,12 @@ async fn power_loss_never_loses_an_acknowledged_write() {
 
 #[derive(Default)]
 struct Faults {
-    image: Vec<u8>,
-    /// Writes, `set_len`s and syncs attempted.
+    /// Writes, `set_len`s and syncs attempted, on either file.
     ops: u64,
     /// The operation that fails, once.
     fail_at: Option<u64>,
     injected: u64,
-    /// What the failed operation was.
+    /// What the failed operation was, and on which file.
     injected_into: Option<&'static str>,
 }
 
@@ -578,16 +630,23 @@ impl Faults {
     }
 }
 
-/// An in-memory disk that fails one chosen write, `set_len` or sync, then
-/// works again, as a disk with a transient fault does.
-#[derive(Clone, Default)]
-struct FaultyBackend(Arc<Mutex<Faults>>);
+/// An in-memory file that fails one chosen write, `set_len` or sync (counted
+/// over the database and its log together), then works again, as a disk with
+/// a transient fault does.
+#[derive(Clone)]
+struct FaultyBackend {
+    faults: Arc<Mutex<Faults>>,
+    image: Arc<Mutex<Vec<u8>>>,
+    /// "database" or "log", for the figures.
+    file: &'static str,
+}
 
 impl fmt::Debug for FaultyBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let faults = self.faults();
         f.debug_struct("FaultyBackend")
-            .field("len", &faults.image.len())
+            .field("file", &self.file)
+            .field("len", &lock(&self.image).len())
             .field("ops", &faults.ops)
             .field("fail_at", &faults.fail_at)
             .finish()
@@ -595,15 +654,19 @@ impl fmt::Debug for FaultyBackend {
 }
 
 impl FaultyBackend {
-    fn with_image(image: Vec<u8>) -> Self {
-        Self(Arc::new(Mutex::new(Faults {
-            image,
-            ..Faults::default()
-        })))
+    /// A database file holding `image`, and its log holding `log_image`, on one faulty disk.
+    fn pair(image: Vec<u8>, log_image: Vec<u8>) -> (Self, Self) {
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let file = |image, file| Self {
+            faults: faults.clone(),
+            image: Arc::new(Mutex::new(image)),
+            file,
+        };
+        (file(image, "database"), file(log_image, "log"))
     }
 
     fn faults(&self) -> MutexGuard<'_, Faults> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.faults)
     }
 
     /// Fails the kth operation from now (k >= 1).
@@ -626,36 +689,46 @@ impl FaultyBackend {
 
     /// The bytes as they are: a process restart, not a power loss.
     fn image(&self) -> Vec<u8> {
-        self.faults().image.clone()
+        lock(&self.image).clone()
+    }
+
+    fn operate(&self, what: &'static str) -> io::Result<()> {
+        let what = match (self.file, what) {
+            ("log", "write") => "log write",
+            ("log", "set_len") => "log set_len",
+            ("log", _) => "log sync_data",
+            (_, "write") => "database write",
+            (_, "set_len") => "database set_len",
+            _ => "database sync_data",
+        };
+        self.faults().operate(what)
     }
 }
 
 impl StorageBackend for FaultyBackend {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.faults().image.len() as u64)
+        Ok(lock(&self.image).len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        read_image(&self.faults().image, offset, out)
+        read_image(&lock(&self.image), offset, out)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = to_usize(len)?;
-        let mut faults = self.faults();
-        faults.operate("set_len")?;
-        faults.image.resize(len, 0);
+        self.operate("set_len")?;
+        lock(&self.image).resize(len, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.faults().operate("sync_data")
+        self.operate("sync_data")
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let offset = to_usize(offset)?;
-        let mut faults = self.faults();
-        faults.operate("write")?;
-        apply_write(&mut faults.image, offset, data);
+        self.operate("write")?;
+        apply_write(&mut lock(&self.image), offset, data);
         Ok(())
     }
 }
@@ -824,8 +897,8 @@ async fn a_failed_write_or_sync_is_fail_stop() {
 
     // How many operations a few sequential commits take: the fault is swept over all of them.
     let budget = {
-        let disk = FaultyBackend::default();
-        let store = RedbStore::open_with_backend(disk.clone(), &options()).expect("a fresh store opens");
+        let (disk, log) = FaultyBackend::pair(Vec::new(), Vec::new());
+        let store = RedbStore::open_with_backend(disk.clone(), log, &options()).expect("a fresh store opens");
         let before = disk.ops();
         for n in 0..4 {
             store
@@ -841,8 +914,9 @@ async fn a_failed_write_or_sync_is_fail_stop() {
     for k in 1..=budget {
         for client in [Client::Sequential, Client::Concurrent, Client::Http] {
             let context = format!("fault at operation {k} after open, {client:?} client");
-            let disk = FaultyBackend::default();
-            let store = RedbStore::open_with_backend(disk.clone(), &options()).expect("a fresh store opens");
+            let (disk, log) = FaultyBackend::pair(Vec::new(), Vec::new());
+            let store =
+                RedbStore::open_with_backend(disk.clone(), log.clone(), &options()).expect("a fresh store opens");
             disk.arm(k);
             let acked = write_until_fault(&store, &disk, client, &context, &mut figures).await;
             figures.runs += 1;
@@ -882,9 +956,10 @@ async fn a_failed_write_or_sync_is_fail_stop() {
             store.close().await;
             drop(store);
 
-            // The restart: redb recovers the file, every acknowledged write is there, writes work.
-            let disk = FaultyBackend::with_image(disk.image());
-            let store = RedbStore::open_with_backend(disk, &options())
+            // The restart: redb recovers the file, the log is replayed, every
+            // acknowledged write is there, writes work.
+            let (disk, log) = FaultyBackend::pair(disk.image(), log.image());
+            let store = RedbStore::open_with_backend(disk, log, &options())
                 .unwrap_or_else(|e| panic!("{context}: the store did not reopen: {e}"));
             assert_all_present(&store, &acked, &context);
             store.healthy().expect("a restarted store is healthy");

@@ -1,11 +1,15 @@
-//! The embedded engine: one redb file, written by one thread that commits
-//! writers in groups.
+//! The embedded engine: one redb file and its write-ahead log, written by one
+//! thread that commits writers in groups.
 //!
 //! Group commit: every write is queued to the writer thread, which takes all
 //! the writes waiting, applies them in arrival order inside one transaction
 //! (each taking the next revision, each precondition checked against the
-//! writes before it) and commits once. Many writers thus share one fsync, and
-//! nobody is answered before that fsync returns.
+//! writes before it), appends the group's changes to the [`wal`](super::wal)
+//! and syncs it, then commits the transaction without a sync of its own (so
+//! readers see the writes) and answers everyone. Many writers thus share one
+//! fsync, and nobody is answered before that fsync returns. Every
+//! [`RedbOptions::checkpoint_bytes`] of log, or [`CHECKPOINT_INTERVAL`], a
+//! durable redb commit (a checkpoint) lets the log start over.
 //!
 //! Fail-stop: after a failed commit the engine refuses every later write until
 //! the process restarts and redb recovers the file from its last good commit.
@@ -16,13 +20,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use ::redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use ::redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
+    TableDefinition, WriteTransaction,
+};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{self, Change, Wal};
 use super::{Entry, Scan, Store, StoreError, WriteOp, WriteOutcome};
 
 /// Key -> encoded record (see [`encode_record`]).
@@ -30,6 +39,8 @@ const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// Store-wide counters; `revision` is the last revision handed out.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// The revision the last checkpoint made durable (kept for inspection).
+const CHECKPOINT: &str = "checkpoint";
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
@@ -42,14 +53,22 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 /// Writers waiting beyond this many queue behind the channel (backpressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
 
+/// A checkpoint is due at the latest this long after the previous one (if
+/// anything was written since): it bounds how much recovery replays, and how
+/// long redb holds pages it can free only at a durable commit.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How the engine commits; see ARCHITECTURE.md for what each choice costs.
 #[derive(Debug, Clone)]
 pub struct RedbOptions {
     /// redb's page cache, in bytes.
     pub cache_bytes: usize,
-    /// Commit in two phases (two fsyncs) so that recovery never has to trust a
-    /// checksum over data a client chose. redb recommends it for untrusted input.
+    /// Checkpoint in two phases (two fsyncs) so that recovery never has to
+    /// trust a checksum over data a client chose. redb recommends it for
+    /// untrusted input; the log's records have keyed tags for the same reason.
     pub two_phase_commit: bool,
+    /// Checkpoint once the log holds this many bytes of records.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -57,6 +76,7 @@ impl Default for RedbOptions {
         Self {
             cache_bytes: 256 << 20,
             two_phase_commit: true,
+            checkpoint_bytes: 16 << 20,
         }
     }
 }
@@ -73,6 +93,10 @@ pub enum OpenError {
     AlreadyOpen { path: PathBuf },
     #[error("cannot open the database {path}: {message}")]
     Engine { path: PathBuf, message: String },
+    #[error(
+        "cannot recover from the write-ahead log {path}: {source}; move it aside only if you accept losing the writes it holds"
+    )]
+    Wal { path: PathBuf, source: wal::WalError },
 }
 
 /// A cheap-clone handle on the open database and its writer thread.
@@ -84,6 +108,8 @@ pub struct RedbStore {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
+    /// Writes the open found only in the log, and brought into the database.
+    recovered: usize,
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
@@ -117,9 +143,30 @@ impl RedbStore {
             create_file(data_dir, &path).map_err(io_err)?;
         }
         let db = Database::builder().set_cache_size(options.cache_bytes).create(&path);
+        // Only once the database's lock is ours: another server may be using the log.
+        let wal_path = data_dir.join(wal::FILE_NAME);
+        let wal = match &db {
+            Ok(_) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&wal_path)
+                    .map_err(|e| OpenError::Engine {
+                        path: wal_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                Some(::redb::backends::FileBackend::new(file).map_err(|e| OpenError::Engine {
+                    path: wal_path.clone(),
+                    message: e.to_string(),
+                })?)
+            }
+            Err(_) => None,
+        };
         if db.is_ok() {
-            // The file's directory entry (and the directory's own, if it is new) must be
-            // durable before a write is acknowledged, or a power loss can take the file away.
+            // The files' directory entries (and the directory's own, if it is new) must be
+            // durable before a write is acknowledged, or a power loss can take a file away.
             sync_dir(data_dir).map_err(io_err)?;
             sync_dir(
                 data_dir
@@ -129,23 +176,35 @@ impl RedbStore {
             )
             .map_err(io_err)?;
         }
-        Self::start(db, path, options)
+        Self::start(db, wal.map(|backend| (backend, wal_path)), path, options)
     }
 
-    /// Opens (or creates) the store over any redb storage backend instead of a
-    /// file in a directory. It exists for crash and fault-injection tests (a
-    /// backend that loses what was not synced, or fails the kth write or sync)
-    /// and for other media. Locking is the backend's business; [`Self::path`]
-    /// reports [`CUSTOM_BACKEND_PATH`].
-    pub fn open_with_backend(backend: impl ::redb::StorageBackend, options: &RedbOptions) -> Result<Self, OpenError> {
+    /// Opens (or creates) the store over any redb storage backends instead of
+    /// files in a directory: `backend` for the database, `log` for its
+    /// write-ahead log. It exists for crash and fault-injection tests (backends
+    /// that lose what was not synced, or fail the kth write or sync) and for
+    /// other media. Locking is the backends' business; [`Self::path`] reports
+    /// [`CUSTOM_BACKEND_PATH`].
+    pub fn open_with_backend(
+        backend: impl StorageBackend,
+        log: impl StorageBackend,
+        options: &RedbOptions,
+    ) -> Result<Self, OpenError> {
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
             .create_with_backend(backend);
-        Self::start(db, PathBuf::from(CUSTOM_BACKEND_PATH), options)
+        let path = PathBuf::from(CUSTOM_BACKEND_PATH);
+        Self::start(db, Some((log, path.clone())), path, options)
     }
 
-    /// Creates the tables, reads the revision and starts the writer thread.
-    fn start(db: Result<Database, DatabaseError>, path: PathBuf, options: &RedbOptions) -> Result<Self, OpenError> {
+    /// Opens the log, creates the tables, replays what the log holds beyond
+    /// the database's durable revision, and starts the writer thread.
+    fn start<B: StorageBackend>(
+        db: Result<Database, DatabaseError>,
+        log: Option<(B, PathBuf)>,
+        path: PathBuf,
+        options: &RedbOptions,
+    ) -> Result<Self, OpenError> {
         let engine_err = |e: &dyn std::fmt::Display| OpenError::Engine {
             path: path.clone(),
             message: e.to_string(),
@@ -154,16 +213,36 @@ impl RedbStore {
             DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen { path: path.clone() },
             other => engine_err(&other),
         })?;
-        // Create the tables up front so that readers never meet a missing table.
+        let (log, wal_path) = log.expect("a log comes with every opened database");
+        let wal_err = |source| OpenError::Wal {
+            path: wal_path.clone(),
+            source,
+        };
+        let mut wal = Wal::open(log).map_err(wal_err)?;
+        // Create the tables up front so that readers never meet a missing table,
+        // and bring the database up to date with the log, in one durable commit.
         let mut txn = db.begin_write().map_err(|e| engine_err(&e))?;
         txn.set_two_phase_commit(options.two_phase_commit);
-        let revision = {
-            txn.open_table(DATA).map_err(|e| engine_err(&e))?;
-            let meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
-            let revision = meta.get(REVISION).map_err(|e| engine_err(&e))?.map(|g| g.value());
-            revision.unwrap_or(0)
+        let (revision, replayed) = {
+            let mut data = txn.open_table(DATA).map_err(|e| engine_err(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
+            let durable = meta.get(REVISION).map_err(|e| engine_err(&e))?.map_or(0, |g| g.value());
+            let changes = wal.replay(durable).map_err(wal_err)?;
+            for change in &changes {
+                apply_change(&mut data, change).map_err(|e| engine_err(&e))?;
+            }
+            let revision = changes.last().map_or(durable, Change::revision);
+            meta.insert(REVISION, revision).map_err(|e| engine_err(&e))?;
+            (revision, changes.len())
         };
         txn.commit().map_err(|e| engine_err(&e))?;
+        if replayed > 0 {
+            tracing::info!(
+                writes = replayed,
+                revision,
+                "recovered writes from the write-ahead log that the database did not hold yet"
+            );
+        }
 
         let db = Arc::new(db);
         let shared = Arc::new(Shared {
@@ -172,16 +251,17 @@ impl RedbStore {
         });
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let writer = {
-            let (db, shared, two_phase) = (db.clone(), shared.clone(), options.two_phase_commit);
+            let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
             thread::Builder::new()
                 .name("kv-writer".into())
-                .spawn(move || run_writer(&db, &shared, jobs, two_phase))
+                .spawn(move || Writer::new(&db, &shared, wal, &options).run(jobs))
                 .map_err(|e| engine_err(&e))?
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path,
+                recovered: replayed,
                 shared,
                 queue,
                 writer: Mutex::new(Some(writer)),
@@ -193,6 +273,12 @@ impl RedbStore {
     /// [`Self::open_with_backend`].
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many writes opening the store recovered from the write-ahead log
+    /// (acknowledged before a crash, not yet checkpointed into the database).
+    pub fn recovered(&self) -> usize {
+        self.inner.recovered
     }
 
     /// Finishes the queued writes and stops the writer thread. The file itself
@@ -315,74 +401,189 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
-/// The writer thread: gather a group, apply it, commit once, answer everyone.
-fn run_writer(db: &Database, shared: &Shared, mut jobs: mpsc::Receiver<Job>, two_phase: bool) {
-    let mut closing = false;
-    while !closing {
-        let Some(first) = jobs.blocking_recv() else {
-            break;
-        };
-        let mut group = Vec::new();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Close => closing = true,
-                Job::Write(op, reply) => {
-                    bytes += op_bytes(&op);
-                    group.push((op, reply));
+/// The writer thread: gather a group, apply it, log it, commit it, answer
+/// everyone; checkpoint when due.
+struct Writer<'a, B: StorageBackend> {
+    db: &'a Database,
+    shared: &'a Shared,
+    wal: Wal<B>,
+    two_phase: bool,
+    checkpoint_bytes: u64,
+    /// When the last checkpoint was, and whether anything was written since.
+    checkpointed_at: Instant,
+    dirty: bool,
+}
+
+impl<'a, B: StorageBackend> Writer<'a, B> {
+    fn new(db: &'a Database, shared: &'a Shared, wal: Wal<B>, options: &RedbOptions) -> Self {
+        Self {
+            db,
+            shared,
+            wal,
+            two_phase: options.two_phase_commit,
+            checkpoint_bytes: options.checkpoint_bytes,
+            checkpointed_at: Instant::now(),
+            dirty: false,
+        }
+    }
+
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut closing = false;
+        while !closing {
+            let Some(first) = jobs.blocking_recv() else {
+                break;
+            };
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Close => closing = true,
+                    Job::Write(op, reply) => {
+                        bytes += op_bytes(&op);
+                        group.push((op, reply));
+                    }
+                }
+                if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
+                    break;
+                }
+                next = jobs.try_recv().ok();
+            }
+            // Before the group, not after the previous one: a checkpoint belongs to
+            // no write, and a fault in it must fail the writes still to come, never
+            // be mistaken for the failure of writes already acknowledged.
+            if self.checkpoint_due() {
+                self.checkpoint();
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+        }
+        if self.dirty && self.shared.failure.get().is_none() {
+            self.checkpoint();
+        }
+        jobs.close();
+        // Writes that raced with Close are refused, never silently dropped.
+        while let Ok(job) = jobs.try_recv() {
+            if let Job::Write(_, reply) = job {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+    }
+
+    /// Commits one group and answers its writers: each gets its outcome once
+    /// the group is durable, or everyone gets an error.
+    fn commit(&mut self, group: Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>)>) {
+        let answers = match self.shared.failure.get() {
+            Some(failure) => Err(failure.clone()),
+            None => {
+                let committing = Instant::now();
+                let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
+                let result = self.commit_ops(&ops);
+                match result {
+                    Ok((outcomes, revision)) => {
+                        tracing::debug!(
+                            writes = ops.len(),
+                            micros = committing.elapsed().as_micros(),
+                            "group committed"
+                        );
+                        self.shared.revision.store(revision, Ordering::Release);
+                        Ok(outcomes)
+                    }
+                    Err(message) => Err(self.fail(&message, group.len())),
                 }
             }
-            if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
-                break;
-            }
-            next = jobs.try_recv().ok();
-        }
-        if group.is_empty() {
-            continue;
-        }
-        if let Some(failure) = shared.failure.get() {
-            for (_, reply) in group {
-                let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
-            }
-            continue;
-        }
-        let start = shared.revision.load(Ordering::Acquire);
-        let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
-        let committing = std::time::Instant::now();
-        match commit_group(db, &ops, start, two_phase) {
-            Ok((outcomes, last)) => {
-                tracing::debug!(
-                    writes = ops.len(),
-                    micros = committing.elapsed().as_micros(),
-                    "group committed"
-                );
-                shared.revision.store(last, Ordering::Release);
+        };
+        match answers {
+            Ok(outcomes) => {
                 for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
-            Err(message) => {
-                tracing::error!(
-                    cause = %message,
-                    writes = group.len(),
-                    "commit failed; refusing all writes until kv-server is restarted"
-                );
-                let failure = shared
-                    .failure
-                    .get_or_init(|| format!("a commit failed ({message}); restart kv-server to recover"));
+            Err(failure) => {
                 for (_, reply) in group {
                     let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
                 }
             }
         }
     }
-    jobs.close();
-    // Writes that raced with Close are refused, never silently dropped.
-    while let Ok(job) = jobs.try_recv() {
-        if let Job::Write(_, reply) = job {
-            let _ = reply.send(Err(StoreError::Closed));
+
+    /// Applies `ops` in one transaction, makes their changes durable in the
+    /// log, then commits the transaction (no sync: the log holds them). Returns
+    /// each write's outcome and the last revision used. Any error fails the
+    /// whole group, and the store with it.
+    fn commit_ops(&mut self, ops: &[&WriteOp]) -> Result<(Vec<WriteOutcome>, u64), String> {
+        let start = self.shared.revision.load(Ordering::Acquire);
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
+        let (outcomes, changes) = apply_ops(&txn, ops, start).map_err(|e| e.to_string())?;
+        let Some(revision) = changes.last().map(Change::revision) else {
+            // Only refused writes: nothing to make durable.
+            txn.abort().map_err(|e| e.to_string())?;
+            return Ok((outcomes, start));
+        };
+        {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert(REVISION, revision).map_err(|e| e.to_string())?;
         }
+        self.wal
+            .append(&changes)
+            .map_err(|e| format!("writing the write-ahead log failed: {e}"))?;
+        txn.commit().map_err(|e| e.to_string())?;
+        self.dirty = true;
+        Ok((outcomes, revision))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.dirty
+            && self.shared.failure.get().is_none()
+            && (self.wal.bytes() >= self.checkpoint_bytes || self.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL)
+    }
+
+    /// Makes everything committed so far durable in the database itself, so
+    /// that the log can start over; fail-stops the store if it cannot.
+    fn checkpoint(&mut self) {
+        if let Err(message) = self.try_checkpoint() {
+            self.fail(&message, 0);
+        }
+    }
+
+    fn try_checkpoint(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_two_phase_commit(self.two_phase);
+        // A change of its own, so that redb writes a new durable root however
+        // it treats an empty transaction.
+        let revision = self.shared.revision.load(Ordering::Acquire);
+        {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert(CHECKPOINT, revision).map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        tracing::debug!(
+            revision,
+            log_bytes = self.wal.bytes(),
+            micros = started.elapsed().as_micros(),
+            "checkpoint"
+        );
+        self.wal.rewind();
+        self.checkpointed_at = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Fail-stops the store after a failed commit, log write or checkpoint;
+    /// returns the message every later write gets.
+    fn fail(&self, message: &str, writes: usize) -> String {
+        tracing::error!(
+            cause = %message,
+            writes,
+            "commit failed; refusing all writes until kv-server is restarted"
+        );
+        self.shared
+            .failure
+            .get_or_init(|| format!("a commit failed ({message}); restart kv-server to recover"))
+            .clone()
     }
 }
 
@@ -393,65 +594,82 @@ fn op_bytes(op: &WriteOp) -> usize {
     }
 }
 
-/// Applies a group in one transaction; returns each write's outcome and the
-/// last revision used. Any engine error fails the whole group.
-fn commit_group(
-    db: &Database,
+/// Applies a group in `txn`, in order, each write seeing the ones before it;
+/// returns each write's outcome and the changes made (with their revisions,
+/// consecutive from `start + 1`).
+fn apply_ops(
+    txn: &WriteTransaction,
     ops: &[&WriteOp],
     start: u64,
-    two_phase: bool,
-) -> Result<(Vec<WriteOutcome>, u64), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_two_phase_commit(two_phase);
+) -> Result<(Vec<WriteOutcome>, Vec<Change>), ::redb::Error> {
     let mut revision = start;
     let mut outcomes = Vec::with_capacity(ops.len());
-    {
-        let mut data = txn.open_table(DATA).map_err(|e| e.to_string())?;
-        for op in ops {
-            let key = match op {
-                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
-            };
-            let current = data
-                .get(key)
-                .map_err(|e| e.to_string())?
-                .map(|record| record_version(record.value()));
-            let outcome = match op {
-                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
-                    if !precondition.allows(current) =>
-                {
-                    WriteOutcome::PreconditionFailed { current }
+    let mut changes = Vec::with_capacity(ops.len());
+    let mut data = txn.open_table(DATA)?;
+    for op in ops {
+        let key = match op {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
+        };
+        let current = data.get(key)?.map(|record| record_version(record.value()));
+        let outcome = match op {
+            WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
+                if !precondition.allows(current) =>
+            {
+                WriteOutcome::PreconditionFailed { current }
+            }
+            WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
+            WriteOp::Delete { key, .. } => {
+                revision += 1;
+                let change = Change::Delete {
+                    key: key.clone(),
+                    revision,
+                };
+                apply_change(&mut data, &change)?;
+                changes.push(change);
+                WriteOutcome::Deleted { revision }
+            }
+            WriteOp::Put {
+                key,
+                value,
+                content_type,
+                ..
+            } => {
+                revision += 1;
+                let change = Change::Put {
+                    key: key.clone(),
+                    revision,
+                    content_type: content_type.clone(),
+                    value: value.clone(),
+                };
+                apply_change(&mut data, &change)?;
+                changes.push(change);
+                WriteOutcome::Stored {
+                    revision,
+                    created: current.is_none(),
                 }
-                WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
-                WriteOp::Delete { .. } => {
-                    revision += 1;
-                    data.remove(key).map_err(|e| e.to_string())?;
-                    WriteOutcome::Deleted { revision }
-                }
-                WriteOp::Put {
-                    value, content_type, ..
-                } => {
-                    revision += 1;
-                    let record = encode_record(revision, content_type, value);
-                    data.insert(key, record.as_slice()).map_err(|e| e.to_string())?;
-                    WriteOutcome::Stored {
-                        revision,
-                        created: current.is_none(),
-                    }
-                }
-            };
-            outcomes.push(outcome);
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, changes))
+}
+
+/// Puts one change into the data table: a live write, or one replayed from the log.
+fn apply_change(data: &mut ::redb::Table<&str, &[u8]>, change: &Change) -> Result<(), ::redb::StorageError> {
+    match change {
+        Change::Put {
+            key,
+            revision,
+            content_type,
+            value,
+        } => {
+            data.insert(key.as_str(), encode_record(*revision, content_type, value).as_slice())?;
+        }
+        Change::Delete { key, .. } => {
+            data.remove(key.as_str())?;
         }
     }
-    if revision == start {
-        // Only refused writes: nothing to make durable.
-        txn.abort().map_err(|e| e.to_string())?;
-    } else {
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        meta.insert(REVISION, revision).map_err(|e| e.to_string())?;
-        drop(meta);
-        txn.commit().map_err(|e| e.to_string())?;
-    }
-    Ok((outcomes, revision))
+    Ok(())
 }
 
 /// A record is `version: u64 LE | content-type length: u8 | content type | value`.
