@@ -35,6 +35,9 @@ pub struct Cached {
     pub etag: HeaderValue,
     pub version: u64,
     pub stored_at: Instant,
+    /// Whether the value goes on a telnet line as it is; decided at the first
+    /// telnet GET, since scanning it on every hit was a tenth of the work.
+    bare: std::sync::OnceLock<bool>,
 }
 
 impl Cached {
@@ -45,7 +48,14 @@ impl Cached {
             etag: kv_server::http::etag(version),
             version,
             stored_at: Instant::now(),
+            bare: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the line protocol shows the value bare (else quoted, see
+    /// [`kv_server::quote::render_value`]).
+    pub fn bare_on_a_line(&self) -> bool {
+        *self.bare.get_or_init(|| kv_server::quote::can_be_bare(&self.value))
     }
 
     /// Bytes this entry costs: key, value, headers and bookkeeping.

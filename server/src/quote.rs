@@ -72,6 +72,11 @@ pub fn render_value(value: &[u8]) -> String {
     }
 }
 
+/// Whether [`render_value`] writes `value` as it is.
+pub fn can_be_bare(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(value_can_be_bare)
+}
+
 fn value_can_be_bare(text: &str) -> bool {
     !text.is_empty()
         && !text.starts_with(char::is_whitespace)

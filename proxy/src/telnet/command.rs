@@ -67,21 +67,30 @@ impl Command {
             return Ok(None);
         }
         let (name, rest) = split_word(line);
-        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
-        let command = match name.as_str() {
-            "GET" => Self::Get {
+        // Upper-cased on the stack: every command name is short.
+        let mut upper = [0u8; 8];
+        let name_upper: &[u8] = match upper.get_mut(..name.len()) {
+            Some(upper) => {
+                upper.copy_from_slice(name);
+                upper.make_ascii_uppercase();
+                upper
+            }
+            None => b"",
+        };
+        let command = match name_upper {
+            b"GET" => Self::Get {
                 key: only_key(rest, USAGE_GET)?,
             },
-            "DEL" | "DELETE" => Self::Del {
+            b"DEL" | b"DELETE" => Self::Del {
                 key: only_key(rest, USAGE_DEL)?,
             },
-            "PUT" | "SET" => {
+            b"PUT" | b"SET" => {
                 let (key, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage(USAGE_PUT))?;
                 let key = to_key(key)?;
                 let value = value(rest)?.ok_or(ParseError::Usage(USAGE_PUT))?;
                 Self::Put { key, value }
             }
-            "DUMP" => {
+            b"DUMP" => {
                 let prefix = match token(trim_start(rest))? {
                     None => None,
                     Some((prefix, rest)) => {
@@ -93,10 +102,10 @@ impl Command {
                 };
                 Self::Dump { prefix }
             }
-            "STATS" => no_args(rest, Self::Stats, "STATS")?,
-            "HELP" => Self::Help,
-            "QUIT" | "EXIT" => Self::Quit,
-            "AUTH" => {
+            b"STATS" => no_args(rest, Self::Stats, "STATS")?,
+            b"HELP" => Self::Help,
+            b"QUIT" | b"EXIT" => Self::Quit,
+            b"AUTH" => {
                 let (token, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage("AUTH <token>"))?;
                 if !trim_start(rest).is_empty() {
                     return Err(ParseError::Usage("AUTH <token>"));
@@ -105,7 +114,11 @@ impl Command {
                     token: String::from_utf8_lossy(&token).into_owned(),
                 }
             }
-            _ => return Err(ParseError::Unknown(truncate(&name))),
+            _ => {
+                return Err(ParseError::Unknown(truncate(
+                    &String::from_utf8_lossy(name).to_ascii_uppercase(),
+                )));
+            }
         };
         Ok(Some(command))
     }

@@ -31,11 +31,18 @@ enum Telnet {
     SubIac,
 }
 
+/// How much a read asks for at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
 pub struct Connection<R, W> {
     reader: R,
     writer: BufWriter<W>,
     line: Vec<u8>,
+    /// Bytes read (negotiation removed) and not yet cut into frames: those
+    /// from `consumed` on. Frames are cut by moving `consumed`, so pipelined
+    /// lines cost no copying of the ones behind them.
     pending: Vec<u8>,
+    consumed: usize,
     max_line: usize,
     telnet: Telnet,
     /// Skipping the rest of an over-long line.
@@ -54,6 +61,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
             writer: BufWriter::new(writer),
             line: Vec::new(),
             pending: Vec::new(),
+            consumed: 0,
             max_line,
             telnet: Telnet::Data,
             skipping: false,
@@ -62,14 +70,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         }
     }
 
-    /// The next line, or `None` when the client has closed.
+    /// The next line, or `None` when the client has closed. Cancel-safe: a
+    /// read that is dropped while waiting has taken nothing.
     pub async fn read_frame(&mut self) -> std::io::Result<Option<Frame>> {
-        let mut chunk = [0u8; 8192];
         loop {
             if let Some(frame) = self.take_frame() {
                 return Ok(Some(frame));
             }
-            let read = self.reader.read(&mut chunk).await?;
+            // `take_frame` found no newline and took everything it was given.
+            self.pending.clear();
+            self.consumed = 0;
+            self.pending.reserve(READ_CHUNK);
+            let read = self.reader.read_buf(&mut self.pending).await?;
             if read == 0 {
                 // A last line without a newline still counts.
                 if !self.skipping && !self.line.is_empty() {
@@ -77,55 +89,63 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 }
                 return Ok(None);
             }
-            self.filter(&chunk[..read]);
+            self.filter();
         }
     }
 
-    /// Removes telnet negotiation from `input` and queues the data bytes.
-    fn filter(&mut self, input: &[u8]) {
-        for &byte in input {
-            self.telnet = match (self.telnet, byte) {
-                (Telnet::Data, IAC) => Telnet::Iac,
-                (Telnet::Data, _) => {
-                    self.pending.push(byte);
-                    Telnet::Data
-                }
-                (Telnet::Iac, IAC) => {
-                    self.pending.push(IAC);
-                    Telnet::Data
-                }
-                (Telnet::Iac, SB) => Telnet::Sub,
-                (Telnet::Iac, WILL..=DONT) => Telnet::Option,
-                (Telnet::Iac | Telnet::Option, _) => Telnet::Data,
-                (Telnet::Sub, IAC) => Telnet::SubIac,
-                (Telnet::SubIac, SE) => Telnet::Data,
-                (Telnet::Sub | Telnet::SubIac, _) => Telnet::Sub,
-            };
+    /// Whether a whole line is already waiting: replies to pipelined
+    /// commands are then sent together, after the last of them.
+    pub fn has_frame(&self) -> bool {
+        self.pending[self.consumed..].contains(&b'\n')
+    }
+
+    /// Removes telnet negotiation from the bytes just read (all of `pending`,
+    /// since a read starts with it empty), in place.
+    fn filter(&mut self) {
+        if self.telnet == Telnet::Data && !self.pending.contains(&IAC) {
+            return;
         }
+        let mut kept = 0;
+        for i in 0..self.pending.len() {
+            let byte = self.pending[i];
+            let (next, keep) = match (self.telnet, byte) {
+                (Telnet::Data, IAC) => (Telnet::Iac, false),
+                (Telnet::Data, _) | (Telnet::Iac, IAC) => (Telnet::Data, true),
+                (Telnet::Iac, SB) => (Telnet::Sub, false),
+                (Telnet::Iac, WILL..=DONT) => (Telnet::Option, false),
+                (Telnet::Iac | Telnet::Option, _) => (Telnet::Data, false),
+                (Telnet::Sub, IAC) => (Telnet::SubIac, false),
+                (Telnet::SubIac, SE) => (Telnet::Data, false),
+                (Telnet::Sub | Telnet::SubIac, _) => (Telnet::Sub, false),
+            };
+            self.telnet = next;
+            if keep {
+                self.pending[kept] = byte;
+                kept += 1;
+            }
+        }
+        self.pending.truncate(kept);
     }
 
     /// Cuts a frame out of the queued bytes, if a whole one is there.
     fn take_frame(&mut self) -> Option<Frame> {
         loop {
-            if self.pending.is_empty() {
+            let rest = &self.pending[self.consumed..];
+            if rest.is_empty() {
                 return None;
             }
-            let newline = self.pending.iter().position(|&b| b == b'\n');
-            let take = newline.map_or(self.pending.len(), |i| i + 1);
+            let newline = rest.iter().position(|&b| b == b'\n');
+            let take = newline.map_or(rest.len(), |i| i + 1);
             if self.skipping {
                 if let Some(i) = newline {
                     // The refusal is a reply like any other: it ends as the skipped line did.
-                    self.crlf = if i == 0 {
-                        self.skipped_cr
-                    } else {
-                        self.pending[i - 1] == b'\r'
-                    };
-                    self.pending.drain(..take);
+                    self.crlf = if i == 0 { self.skipped_cr } else { rest[i - 1] == b'\r' };
+                    self.consumed += take;
                     self.skipping = false;
                     return Some(Frame::TooLong);
                 }
-                self.skipped_cr = self.pending.last() == Some(&b'\r');
-                self.pending.clear();
+                self.skipped_cr = rest.last() == Some(&b'\r');
+                self.consumed += take;
                 continue;
             }
             let room = self.max_line.saturating_sub(self.line.len());
@@ -137,8 +157,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 self.skipped_cr = false;
                 continue;
             }
-            self.line.extend_from_slice(&self.pending[..content]);
-            self.pending.drain(..take);
+            self.line.extend_from_slice(&rest[..content]);
+            self.consumed += take;
             if newline.is_some() {
                 let mut line = std::mem::take(&mut self.line);
                 self.crlf = line.last() == Some(&b'\r');
@@ -152,7 +172,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
 
     /// Queues one reply line; `flush` sends it.
     pub async fn write_line(&mut self, text: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(text).await?;
+        self.write_parts(&[text]).await
+    }
+
+    /// Queues one reply line made of `parts`, without joining them first.
+    pub async fn write_parts(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        for part in parts {
+            self.writer.write_all(part).await?;
+        }
         self.writer.write_all(if self.crlf { b"\r\n" } else { b"\n" }).await
     }
 
@@ -208,6 +235,17 @@ mod tests {
             assert_eq!(connection.read_frame().await.unwrap(), Some(Frame::TooLong));
             assert_eq!(connection.crlf, crlf, "{input:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn pipelined_lines_are_cut_one_by_one_and_announced() {
+        let mut connection = Connection::new(&b"GET a\nGET b\r\nGET"[..], tokio::io::sink(), 100);
+        assert_eq!(connection.read_frame().await.unwrap(), Some(line("GET a")));
+        assert!(connection.has_frame(), "GET b is waiting");
+        assert_eq!(connection.read_frame().await.unwrap(), Some(line("GET b")));
+        assert!(!connection.has_frame(), "only half a line is left");
+        assert_eq!(connection.read_frame().await.unwrap(), Some(line("GET")));
+        assert_eq!(connection.read_frame().await.unwrap(), None);
     }
 
     #[tokio::test]

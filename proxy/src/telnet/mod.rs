@@ -27,7 +27,7 @@ use self::command::{HELP, ParseError, looks_like_http};
 use self::connection::{Connection, Frame};
 use crate::config::TelnetLimits;
 use crate::forward::Passed;
-use crate::proxy::{Proxy, ReadError};
+use crate::proxy::{Lookup, Proxy, ReadError};
 
 /// What every session shares.
 #[derive(Clone)]
@@ -105,29 +105,54 @@ enum Next {
     Close,
 }
 
+/// What woke the session loop.
+enum Event {
+    Frame(std::io::Result<Option<Frame>>),
+    Idle,
+    Shutdown,
+}
+
 async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken) -> std::io::Result<()> {
     let (proxy, limits) = (&shared.proxy, &shared.limits);
     let mut authenticated = shared.token.is_none();
     let (reader, writer) = stream.into_split();
     let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
     let mut connection = Connection::new(reader, writer, max_line);
+    // One idle timer and one shutdown waiter for the whole session: arming a
+    // timer and a waiter for every line cost more than the rest of a cached GET.
+    // The timer is re-armed only when it fires before the session was idle
+    // for the whole timeout.
+    let idle_timeout = limits.telnet_idle_timeout;
+    let mut active_at = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    let shutdown = cancel.cancelled();
+    tokio::pin!(idle, shutdown);
     loop {
-        let frame = tokio::select! {
-            frame = tokio::time::timeout(limits.telnet_idle_timeout, connection.read_frame()) => frame,
-            () = cancel.cancelled() => {
+        let event = tokio::select! {
+            frame = connection.read_frame() => Event::Frame(frame),
+            () = &mut idle => {
+                let deadline = active_at + idle_timeout;
+                if tokio::time::Instant::now() < deadline {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
+                Event::Idle
+            }
+            () = &mut shutdown => Event::Shutdown,
+        };
+        let next = match event {
+            Event::Shutdown => {
                 connection.write_line(b"BYE the proxy is shutting down").await?;
                 break;
             }
-        };
-        let next = match frame {
-            Err(_) => {
-                let idle = humantime::format_duration(limits.telnet_idle_timeout);
+            Event::Idle => {
+                let idle = humantime::format_duration(idle_timeout);
                 connection
                     .write_line(format!("ERR idle for {idle}; closing the connection").as_bytes())
                     .await?;
                 Next::Close
             }
-            Ok(frame) => match frame? {
+            Event::Frame(frame) => match frame? {
                 None => Next::Close,
                 Some(Frame::TooLong) => {
                     let message = format!("ERR line too long: at most {max_line} bytes; the line was skipped");
@@ -166,9 +191,13 @@ async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken
                 },
             },
         };
-        connection.flush().await?;
         if matches!(next, Next::Close) {
             break;
+        }
+        active_at = tokio::time::Instant::now();
+        // Replies to pipelined commands leave together, after the last one.
+        if !connection.has_frame() {
+            connection.flush().await?;
         }
     }
     connection.flush().await?;
@@ -185,17 +214,18 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     match command {
-        Command::Get { key } => {
-            let reply = match proxy.get(&key).await {
-                Ok(lookup) => match lookup.value {
-                    Some(value) => format!("VALUE {}", quote::render_value(&value.value)),
-                    None => "NOT_FOUND".to_owned(),
-                },
-                Err(ReadError::Forward(_)) => "ERR upstream unavailable".to_owned(),
-                Err(ReadError::Upstream(passed)) => upstream_error(&passed),
-            };
-            out.write_line(reply.as_bytes()).await?;
-        }
+        Command::Get { key } => match proxy.get(&key).await {
+            Ok(Lookup { value: Some(value), .. }) if value.bare_on_a_line() => {
+                out.write_parts(&[b"VALUE ", &value.value]).await?;
+            }
+            Ok(Lookup { value: Some(value), .. }) => {
+                out.write_parts(&[b"VALUE ", quote::quote(&value.value).as_bytes()])
+                    .await?;
+            }
+            Ok(Lookup { value: None, .. }) => out.write_line(b"NOT_FOUND").await?,
+            Err(ReadError::Forward(_)) => out.write_line(b"ERR upstream unavailable").await?,
+            Err(ReadError::Upstream(passed)) => out.write_line(upstream_error(&passed).as_bytes()).await?,
+        },
         Command::Put { key, value } => {
             let mut headers = HeaderMap::new();
             let content_type = if std::str::from_utf8(&value).is_ok() {
