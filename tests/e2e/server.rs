@@ -766,6 +766,32 @@ async fn dump_as_html_escapes_keys_and_values() {
     )
     .await;
     put(&http, &format!("{}/kv/plain", server.url), "Derek & Moss").await;
+    // Issue 6's hostile list: a textarea breakout, a javascript: URL as a key
+    // (it becomes a link), and U+2028, which ends a line inside a script.
+    put(
+        &http,
+        &format!("{}/kv/javascript:alert(1)", server.url),
+        "</textarea><script>alert(2)</script>",
+    )
+    .await;
+    put(&http, &format!("{}/kv/line", server.url), "a\u{2028}b").await;
+    let all = http
+        .get(format!("{}/kv", server.url))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!all.contains("<script") && !all.contains("</textarea>"), "{all}");
+    assert!(
+        all.contains("&lt;/textarea&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{all}"
+    );
+    assert!(!all.contains("href=\"javascript:"), "a key must link under /kv/: {all}");
+    assert!(all.contains("href=\"/kv/javascript%3Aalert%281%29\""), "{all}");
+    assert!(all.contains("a&#x2028;b") && !all.contains('\u{2028}'), "{all}");
     let response = http
         .get(format!("{}/kv?limit=1", server.url))
         .header(

@@ -335,6 +335,74 @@ async fn an_overlong_line_is_refused_and_the_connection_stays_usable() {
     assert_eq!(crlf.ask("GET small").await, "VALUE v");
 }
 
+/// The resident memory of a process, from /proc (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
+// Issue 6: the memory a connection can pin without ever sending a newline
+// stays bounded. Each client sends 16 MiB with no newline; the proxy keeps at
+// most one line (the limit) and one read buffer of each, skips the rest, and
+// answers the next line as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_without_a_newline_pin_at_most_a_line_per_connection() {
+    const CLIENTS: usize = 8;
+    const SENT: usize = 16 << 20;
+    const MAX_LINE: usize = 64 << 10;
+    let (_server, proxy) = server_and_proxy(&["--telnet-max-line", "64KiB"]);
+    let pid = proxy.program.pid();
+    let before = rss_bytes(pid);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = TcpStream::connect(proxy.telnet).await.unwrap();
+        clients.push(tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..SENT / chunk.len() {
+                stream.write_all(&chunk).await.unwrap();
+            }
+            stream
+        }));
+    }
+    let mut streams = Vec::new();
+    for client in clients {
+        streams.push(client.await.unwrap());
+    }
+    // Everything sent has been read once the proxy answers the line it ends.
+    let mut peak = rss_bytes(pid);
+    for stream in streams {
+        let (reader, writer) = stream.into_split();
+        let mut telnet = Telnet {
+            reader: BufReader::new(reader),
+            writer,
+            eol: "\n",
+        };
+        telnet.send("").await;
+        let refused = telnet.recv().await;
+        assert!(refused.starts_with("ERR line too long"), "{refused}");
+        assert_eq!(telnet.ask("GET nothing").await, "NOT_FOUND", "the session goes on");
+        peak = peak.max(rss_bytes(pid));
+    }
+    let grown = peak.saturating_sub(before);
+    println!(
+        "telnet without newlines: {CLIENTS} connections sent {} MiB each; proxy RSS grew {:.1} MiB \
+         (at most a {} KiB line and an 8 KiB read buffer each are kept; {:.1} MiB sent in all)",
+        SENT >> 20,
+        grown as f64 / f64::from(1 << 20),
+        MAX_LINE >> 10,
+        (CLIENTS * SENT) as f64 / f64::from(1 << 20)
+    );
+    assert!(
+        grown < 32 << 20,
+        "the proxy grew by {grown} bytes for {CLIENTS} connections that never sent a newline"
+    );
+}
+
 #[tokio::test]
 async fn an_http_request_closes_the_connection_without_executing_anything() {
     let (server, proxy) = server_and_proxy(&[]);
