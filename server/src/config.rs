@@ -30,9 +30,11 @@ pub struct Config {
     #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
 
-    /// Memory for the storage engine's page cache, like 256MiB.
-    #[arg(long, env = "KV_STORE_CACHE", default_value = "256MiB", value_parser = parse_size)]
-    pub store_cache: u64,
+    /// Memory for the storage engine's page cache, like 2GiB. By default a
+    /// quarter of the machine's memory (at least 256MiB); the cache fills only
+    /// as data is read, so a small store uses little of it.
+    #[arg(long, env = "KV_STORE_CACHE", value_parser = parse_size)]
+    pub store_cache: Option<u64>,
 
     #[command(flatten)]
     pub http: HttpLimits,
@@ -45,16 +47,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// The page cache to give the engine: `--store-cache`, or a quarter of
+    /// the machine's memory. Reads that miss it go through the OS page cache
+    /// and cost a copy and a lookup more: with 10 million keys, a 256 MiB
+    /// cache served 0.69x the GETs of a cache the file fit in.
+    pub fn store_cache_bytes(&self) -> u64 {
+        const FLOOR: u64 = 256 << 20;
+        self.store_cache
+            .unwrap_or_else(|| physical_memory().map_or(FLOOR, |bytes| (bytes / 4).max(FLOOR)))
+    }
+
     /// The defaults, for embedding (`kv up`) and tests.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             data_dir,
             max_value_bytes: 1 << 20,
-            store_cache: 256 << 20,
+            store_cache: None,
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
         }
     }
+}
+
+/// The machine's memory, from /proc/meminfo (Linux); `None` elsewhere.
+fn physical_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -66,7 +66,7 @@ impl Server {
         // Before the store, so that a wrong path fails without touching the data directory.
         let tls = config.tls.load()?;
         let options = RedbOptions {
-            cache_bytes: config.store_cache as usize,
+            cache_bytes: usize::try_from(config.store_cache_bytes()).unwrap_or(usize::MAX),
             ..RedbOptions::default()
         };
         let store = RedbStore::open(&config.data_dir, &options)?;
@@ -86,6 +86,7 @@ impl Server {
         tracing::info!(
             keys = self.store.len().unwrap_or(0),
             revision = self.store.revision(),
+            store_cache = self.config.store_cache_bytes(),
             "kv-server listening on {}://{addr}, data in {}",
             if self.tls.is_some() { "https" } else { "http" },
             path.display()
