@@ -241,7 +241,10 @@ async fn put_key(State(state): State<Arc<AppState>>, Key(key): Key, request: Req
     match state.store.write(op).await? {
         WriteOutcome::Stored { revision, created } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            let body = serde_json::json!({ "key": key, "version": revision });
+            let body = Written {
+                key: &key,
+                version: revision,
+            };
             let mut response = (status, axum::Json(body)).into_response();
             let headers = response.headers_mut();
             headers.insert(header::ETAG, etag(revision));
@@ -254,6 +257,14 @@ async fn put_key(State(state): State<Arc<AppState>>, Key(key): Key, request: Req
         WriteOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
         other => unreachable!("a put cannot end as {other:?}"),
     }
+}
+
+/// The body of a PUT's answer: serialised straight from these fields, with no
+/// `serde_json::Value` map built on every write.
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    key: &'a str,
+    version: u64,
 }
 
 async fn delete_key(
