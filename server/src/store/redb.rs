@@ -238,6 +238,10 @@ impl RedbStore {
             (revision, changes.len())
         };
         txn.commit().map_err(|e| engine_err(&e))?;
+        // Room for a checkpoint's worth of log and a margin, once: the log is
+        // rewound at each checkpoint, so appends then never grow the file.
+        wal.preallocate(options.checkpoint_bytes + options.checkpoint_bytes / 8)
+            .map_err(|e| wal_err(e.into()))?;
         if replayed > 0 {
             tracing::info!(
                 writes = replayed,
@@ -528,10 +532,17 @@ impl<'a, B: StorageBackend> Writer<'a, B> {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             meta.insert(REVISION, revision).map_err(|e| e.to_string())?;
         }
+        let logging = Instant::now();
         self.wal
             .append(&changes)
             .map_err(|e| format!("writing the write-ahead log failed: {e}"))?;
+        let logged = logging.elapsed();
         txn.commit().map_err(|e| e.to_string())?;
+        tracing::debug!(
+            log_micros = logged.as_micros(),
+            commit_micros = (logging.elapsed() - logged).as_micros(),
+            "group logged"
+        );
         self.dirty = true;
         Ok((outcomes, revision))
     }
