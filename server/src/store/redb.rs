@@ -83,10 +83,11 @@ impl Default for RedbOptions {
     }
 }
 
-/// Why the store could not be opened.
+/// Why the store could not be opened. A variant's cause is its `source`, which
+/// the programs print after the message (`{err:#}`), so messages leave it out.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error(
         "{path} is already in use by another kv-server (or kv up); stop that one, \
@@ -95,9 +96,7 @@ pub enum OpenError {
     AlreadyOpen { path: PathBuf },
     #[error("cannot open the database {path}: {message}")]
     Engine { path: PathBuf, message: String },
-    #[error(
-        "cannot recover from the write-ahead log {path}: {source}; move it aside only if you accept losing the writes it holds"
-    )]
+    #[error("cannot use the write-ahead log {path}")]
     Wal { path: PathBuf, source: wal::WalError },
 }
 

@@ -88,13 +88,17 @@ impl Change {
 /// Why a log could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("the write-ahead log has a damaged header; it is not a kv log, or the disk corrupted it")]
+    #[error(
+        "its header is damaged (it is not a kv log, or the disk corrupted it); moving it aside starts \
+         from the database alone, losing the writes acknowledged since its last checkpoint"
+    )]
     BadHeader,
     #[error(
-        "the write-ahead log starts at revision {first}, but the database holds writes only up to \
-         revision {durable}: writes in between are missing (the database file may have been replaced)"
+        "it starts at revision {first}, but the database holds writes only up to revision {durable}: \
+         the writes in between are missing (was the database file replaced?); restore the database \
+         file that goes with this log"
     )]
     Gap { first: u64, durable: u64 },
 }
