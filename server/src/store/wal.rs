@@ -331,7 +331,9 @@ fn decode(payload: &[u8]) -> Option<Vec<Change>> {
         let change = match kind {
             PUT => {
                 let type_len = usize::from(cursor.take(1)?[0]);
-                let content_type = String::from_utf8(cursor.take(type_len)?.to_vec()).ok()?;
+                // Lossy: the HTTP layer admits only printable ASCII, and a record
+                // whose tag checks out must never be dropped over its content type.
+                let content_type = String::from_utf8_lossy(cursor.take(type_len)?).into_owned();
                 let value_len = cursor.u32()? as usize;
                 let value = Bytes::copy_from_slice(cursor.take(value_len)?);
                 Change::Put {
