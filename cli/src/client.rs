@@ -5,10 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
-use kv_server::dump::Item;
-use kv_server::error::ErrorBody;
-use kv_server::key;
+use futures_util::{Stream, TryStreamExt};
+use kv_api::dump::Item;
+use kv_api::{ErrorBody, key};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
 
@@ -44,32 +43,20 @@ impl Client {
                 .map_err(|_| CliError::Usage("KV_TOKEN must be printable ASCII".into()))?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        kv_server::tls::install_crypto_provider();
-        let builder = if url.scheme() == "https" {
-            reqwest::Client::builder().tls_certs_merge(
-                kv_proxy::forward::trusted_roots(cacert, "CA file (--cacert)").map_err(CliError::Usage)?,
-            )
-        } else {
-            // No TLS will be spoken (KV_CACERT may be set for other URLs), so
-            // do not load the system's trust store, which a bare machine lacks.
-            reqwest::Client::builder().tls_certs_only([])
-        };
-        let http = builder
-            .no_proxy()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .read_timeout(timeout)
-            .default_headers(headers)
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|err| {
-                // reqwest says only "builder error"; the reason (no system CA
-                // certificates, say) is its source.
-                let reason = std::error::Error::source(&err)
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default();
-                CliError::Usage(format!("cannot build an HTTP client: {err}{reason}"))
-            })?;
+        let builder = kv_edge::client::builder(
+            &url,
+            cacert.filter(|_| url.scheme() == "https"),
+            "the CA file (--cacert)",
+        )
+        .map_err(CliError::Usage)?;
+        let http = kv_edge::client::build(
+            builder
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .read_timeout(timeout)
+                .default_headers(headers)
+                .pool_max_idle_per_host(256),
+        )
+        .map_err(CliError::Usage)?;
         Ok(Self { http, base })
     }
 
@@ -145,10 +132,8 @@ impl Client {
             return Err(self.failure(response).await);
         }
         let base = self.base.clone();
-        let bytes = response
-            .bytes_stream()
-            .map_err(move |err| CliError::Unreachable(format!("the listing from {base} was cut short: {err}")));
-        Ok(ndjson_items(bytes))
+        Ok(kv_edge::client::ndjson_items(response)
+            .map_err(move |message| CliError::Server(format!("{message} (from {base})"))))
     }
 
     /// The Prometheus text of `/metrics`.
@@ -172,7 +157,7 @@ impl Client {
     fn unreachable(&self, err: &reqwest::Error) -> CliError {
         if err.is_timeout() {
             CliError::Unreachable(format!("{} did not answer in time (see --timeout)", self.base))
-        } else if let Some(tls) = kv_server::tls::rustls_cause(err) {
+        } else if let Some(tls) = kv_edge::tls::rustls_cause(err) {
             CliError::Unreachable(format!(
                 "TLS with {} failed: {tls} (a private CA or self-signed certificate needs --cacert or KV_CACERT)",
                 self.base
@@ -200,37 +185,4 @@ impl Client {
             _ => CliError::Server(message),
         }
     }
-}
-
-/// Splits a byte stream into NDJSON lines and parses each as an [`Item`].
-pub fn ndjson_items<S>(bytes: S) -> impl Stream<Item = Result<Item, CliError>>
-where
-    S: Stream<Item = Result<Bytes, CliError>> + Unpin,
-{
-    futures_util::stream::unfold(
-        (bytes, Vec::<u8>::new(), false),
-        |(mut bytes, mut pending, mut done)| async move {
-            loop {
-                if let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
-                    let item = serde_json::from_slice::<Item>(&line)
-                        .map_err(|err| CliError::Server(format!("the server sent a malformed listing line: {err}")));
-                    return Some((item, (bytes, pending, done)));
-                }
-                if done {
-                    return None;
-                }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
-                    Some(Err(err)) => return Some((Err(err), (bytes, pending, true))),
-                    None => {
-                        done = true;
-                        if !pending.iter().all(u8::is_ascii_whitespace) {
-                            pending.push(b'\n');
-                        }
-                    }
-                }
-            }
-        },
-    )
 }

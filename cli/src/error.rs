@@ -51,3 +51,9 @@ impl From<std::io::Error> for CliError {
         }
     }
 }
+
+impl From<kv_edge::serve::BindError> for CliError {
+    fn from(err: kv_edge::serve::BindError) -> Self {
+        Self::Usage(err.to_string())
+    }
+}

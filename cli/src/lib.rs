@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{CommandFactory, Parser, Subcommand};
-use kv_server::quote;
-use kv_server::units::parse_duration;
+use kv_api::stats;
+use kv_edge::units::parse_duration;
 
 pub use client::Client;
 pub use error::CliError;
@@ -125,7 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if_absent,
         } => {
             let value = read_value(value.as_deref(), file.as_deref())?;
-            let content_type = content_type.unwrap_or_else(|| default_content_type(&value).to_owned());
+            let content_type = content_type.unwrap_or_else(|| kv_api::dump::content_type_for(&value).to_owned());
             let precondition = match (if_version, if_absent) {
                 (Some(version), _) => client::Precondition::Version(version),
                 (None, true) => client::Precondition::Absent,
@@ -207,15 +207,6 @@ fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Byt
     }
 }
 
-/// Text is stored as text so browsers and curl show it; anything else as bytes.
-pub fn default_content_type(value: &[u8]) -> &'static str {
-    if std::str::from_utf8(value).is_ok() {
-        "text/plain; charset=utf-8"
-    } else {
-        kv_server::dump::DEFAULT_CONTENT_TYPE
-    }
-}
-
 /// The proxy's cache figures, read from its Prometheus metrics.
 pub async fn stats(client: &Client) -> Result<Vec<(String, String)>, CliError> {
     let metrics = client.metrics().await?;
@@ -226,8 +217,13 @@ pub async fn stats(client: &Client) -> Result<Vec<(String, String)>, CliError> {
             let (name, value) = line.split_once(' ')?;
             let name = name.strip_prefix("kv_proxy_")?;
             let name = name.strip_suffix("_total").unwrap_or(name);
-            (name.starts_with("cache_") || name.starts_with("upstream_") || name == "keys")
-                .then(|| (name.replace("keys", "cache_entries"), value.to_owned()))
+            let name = if name == "keys" {
+                stats::CACHE_ENTRIES.name
+            } else {
+                name
+            };
+            let stat = stats::ALL.iter().find(|stat| stat.name == name)?;
+            Some((stat.name.to_owned(), value.to_owned()))
         })
         .collect();
     if figures.is_empty() {
@@ -237,9 +233,4 @@ pub async fn stats(client: &Client) -> Result<Vec<(String, String)>, CliError> {
         )));
     }
     Ok(figures)
-}
-
-/// One line of a pair for people: key and value, quoted where needed.
-pub fn render_pair(key: &str, value: &[u8]) -> String {
-    format!("{} {}", quote::render_key(key), quote::render_value(value))
 }

@@ -6,9 +6,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kv_proxy::telnet::Command;
-use kv_proxy::telnet::command::HELP;
-use kv_server::quote;
+use futures_util::stream::BoxStream;
+use kv_api::command::Command;
+use kv_api::dump::{Item, content_type_for};
+use kv_api::interpreter::{self, Backend, Next, Replies};
 use rustyline::error::ReadlineError;
 
 use crate::client::{Client, Precondition};
@@ -71,72 +72,65 @@ async fn execute_line(client: &Client, line: &[u8]) -> Result<bool, CliError> {
         Ok(Some(command)) => command,
         Ok(None) => return Ok(true),
         Err(err) => {
-            reply(format_args!("ERR {err}"))?;
+            Stdout.line(&[b"ERR ", err.to_string().as_bytes()]).await?;
             return Ok(true);
         }
     };
-    if let Command::Quit = command {
-        reply(format_args!("BYE"))?;
-        return Ok(false);
-    }
-    match execute(client, command).await {
-        Ok(()) => {}
-        Err(err @ (CliError::OutputClosed | CliError::Io(_))) => return Err(err),
-        Err(err) => reply(format_args!("ERR {err}"))?,
-    }
-    Ok(true)
+    let next = interpreter::execute(command, &Http(client), &mut Stdout).await?;
+    Ok(next == Next::Continue)
 }
 
-/// Writes one reply line and sends it on at once.
-fn reply(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")?;
-    stdout.flush()?;
-    Ok(())
+/// The shell's backend: the HTTP API, through the CLI's client.
+struct Http<'a>(&'a Client);
+
+impl Backend for Http<'_> {
+    type Value = Bytes;
+    type Pairs = BoxStream<'static, Result<Item, String>>;
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+        self.0.get(key).await.map_err(|err| err.to_string())
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let content_type = content_type_for(&value);
+        self.0
+            .put(key, Bytes::from(value), content_type, Precondition::None)
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, String> {
+        self.0.delete(key).await.map_err(|err| err.to_string())
+    }
+
+    async fn dump(&self, prefix: Option<&str>) -> Result<Self::Pairs, String> {
+        let items = self.0.dump(prefix).await.map_err(|err| err.to_string())?;
+        Ok(items.map(|item| item.map_err(|err| err.to_string())).boxed())
+    }
+
+    async fn stats(&self) -> Result<Vec<(String, String)>, String> {
+        crate::stats(self.0).await.map_err(|err| err.to_string())
+    }
+
+    fn auth(&self) -> &'static str {
+        "ERR the shell authenticates with KV_TOKEN; AUTH is for telnet"
+    }
 }
 
-async fn execute(client: &Client, command: Command) -> Result<(), CliError> {
-    match command {
-        Command::Get { key } => match client.get(&key).await? {
-            Some(value) => reply(format_args!("VALUE {}", quote::render_value(&value)))?,
-            None => reply(format_args!("NOT_FOUND"))?,
-        },
-        Command::Put { key, value } => {
-            let content_type = crate::default_content_type(&value);
-            client
-                .put(&key, Bytes::from(value), content_type, Precondition::None)
-                .await?;
-            reply(format_args!("OK"))?;
+/// Replies on standard output, each line sent on at once.
+struct Stdout;
+
+impl Replies for Stdout {
+    type Error = CliError;
+
+    async fn line(&mut self, parts: &[&[u8]]) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        for part in parts {
+            stdout.write_all(part)?;
         }
-        Command::Del { key } => {
-            let found = client.delete(&key).await?;
-            reply(format_args!("{}", if found { "OK" } else { "NOT_FOUND" }))?;
-        }
-        Command::Dump { prefix } => {
-            let mut items = Box::pin(client.dump(prefix.as_deref()).await?);
-            let mut count = 0u64;
-            while let Some(item) = items.next().await {
-                let item = item?;
-                let value = item.value_bytes().map_err(CliError::Server)?;
-                reply(format_args!("{}", crate::render_pair(&item.key, &value)))?;
-                count += 1;
-            }
-            reply(format_args!("END {count}"))?;
-        }
-        Command::Stats => {
-            for (name, value) in crate::stats(client).await? {
-                reply(format_args!("{name} {value}"))?;
-            }
-            reply(format_args!("END"))?;
-        }
-        Command::Help => {
-            for line in HELP {
-                reply(format_args!("{line}"))?;
-            }
-            reply(format_args!("END"))?;
-        }
-        Command::Quit => unreachable!("handled by the caller"),
-        Command::Auth { .. } => println!("ERR the shell authenticates with KV_TOKEN; AUTH is for telnet"),
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+        Ok(())
     }
-    Ok(())
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
-use kv_server::dump::{DEFAULT_CONTENT_TYPE, Item};
-use kv_server::quote;
+use kv_api::dump::{DEFAULT_CONTENT_TYPE, Item};
+use kv_api::quote;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::client::{Client, Precondition};
@@ -213,7 +213,7 @@ fn settle(result: (u64, Result<u64, CliError>), imported: &mut u64, failure: &mu
 /// One import line: an item with a key and a value (or value_base64).
 fn parse_line(line: &[u8]) -> Result<(String, Bytes, String), String> {
     let item: Item = serde_json::from_slice(line).map_err(|err| format!("not a JSON item ({err})"))?;
-    kv_server::key::validate(&item.key).map_err(|err| format!("bad key: {err}"))?;
+    kv_api::key::validate(&item.key).map_err(|err| format!("bad key: {err}"))?;
     let value = item.value_bytes()?;
     let content_type = item.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
     Ok((item.key, Bytes::from(value), content_type))

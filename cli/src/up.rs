@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_edge::units::parse_duration;
 use kv_proxy::config::{Listen, parse_listen};
-use kv_server::units::parse_duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,21 +35,21 @@ pub struct UpArgs {
     pub cache_ttl: Duration,
 
     #[command(flatten)]
-    pub auth: kv_server::auth::AuthArgs,
+    pub auth: kv_edge::auth::AuthArgs,
 }
 
 pub async fn run(args: UpArgs) -> Result<(), CliError> {
-    kv_server::init_tracing();
+    kv_edge::init_tracing();
     let mut server_config = kv_server::Config::with_data_dir(args.data_dir.clone());
     server_config.listen = args.server_listen;
     server_config.auth = args.auth.clone();
     let server = kv_server::Server::open(server_config).map_err(|err| CliError::Usage(err.to_string()))?;
-    let server_listener = bind(args.server_listen, "--server-listen").await?;
+    let server_listener = kv_edge::serve::bind(args.server_listen, "--server-listen")?;
     let server_addr = server_listener.local_addr()?;
-    let proxy_listener = bind(args.listen, "--listen").await?;
+    let proxy_listener = kv_edge::serve::bind(args.listen, "--listen")?;
     let proxy_addr = proxy_listener.local_addr()?;
     let telnet_listener = match args.telnet_listen {
-        Listen::On(addr) => Some(bind(addr, "--telnet-listen").await?),
+        Listen::On(addr) => Some(kv_edge::serve::bind(addr, "--telnet-listen")?),
         Listen::Off => None,
     };
     let telnet_addr = telnet_listener.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -68,7 +68,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let signal = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            kv_server::serve::shutdown_signal().await;
+            kv_edge::shutdown::shutdown_signal().await;
             stop.cancel();
         })
     };
@@ -86,14 +86,6 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     tokio::join!(proxy_task, server_task);
     signal.abort();
     Ok(())
-}
-
-async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, CliError> {
-    kv_server::serve::bind(addr).map_err(|err| {
-        CliError::Usage(format!(
-            "cannot listen on {addr}: {err} (is kv already running? choose another address with {flag})"
-        ))
-    })
 }
 
 fn print_banner(proxy: SocketAddr, server: SocketAddr, telnet: Option<SocketAddr>, data_dir: &std::path::Path) {

@@ -45,7 +45,7 @@ impl Cached {
         Self {
             value,
             content_type,
-            etag: kv_server::http::etag(version),
+            etag: kv_api::condition::etag(version),
             version,
             stored_at: Instant::now(),
             bare: std::sync::OnceLock::new(),
@@ -53,9 +53,9 @@ impl Cached {
     }
 
     /// Whether the line protocol shows the value bare (else quoted, see
-    /// [`kv_server::quote::render_value`]).
+    /// [`kv_api::quote::render_value`]).
     pub fn bare_on_a_line(&self) -> bool {
-        *self.bare.get_or_init(|| kv_server::quote::can_be_bare(&self.value))
+        *self.bare.get_or_init(|| kv_api::quote::can_be_bare(&self.value))
     }
 
     /// Bytes this entry costs: key, value, headers and bookkeeping.

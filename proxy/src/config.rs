@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use kv_server::auth::AuthArgs;
-use kv_server::serve::HttpLimits;
-use kv_server::tls::TlsArgs;
-use kv_server::units::{parse_duration, parse_size};
+use kv_edge::auth::AuthArgs;
+use kv_edge::limits::HttpLimits;
+use kv_edge::tls::TlsArgs;
+use kv_edge::units::{parse_duration, parse_size};
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
 ///

@@ -2,7 +2,7 @@
 //! connections, bounded time, and requests rebuilt from what we decoded.
 //!
 //! The upstream URL is always built from the decoded key with the same
-//! encoding the server decodes ([`kv_server::key::encode_path`]), never from
+//! encoding the server decodes ([`kv_api::key::encode_path`]), never from
 //! the raw incoming path, so that a path the proxy understood one way cannot
 //! reach the server meaning another. Only the headers the API defines are
 //! copied across; hop-by-hop headers and framing are never forwarded, and the
@@ -45,7 +45,7 @@ impl Passed {
     /// The revision a successful write took (`X-Kv-Revision`).
     pub fn revision(&self) -> Option<u64> {
         self.headers
-            .get(&kv_server::http::X_KV_REVISION)
+            .get(&kv_api::condition::X_KV_REVISION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
     }
@@ -102,7 +102,7 @@ impl Forward {
                 "--upstream '{upstream}' must be a base URL such as http://127.0.0.1:7000, without a path"
             ));
         }
-        kv_server::tls::install_crypto_provider();
+        kv_edge::tls::install_crypto_provider();
         let builder = match (url.scheme(), ca_file) {
             // No TLS will be spoken, so do not load the system's trust store:
             // a bare machine without one would fail to build the client.
@@ -150,7 +150,7 @@ impl Forward {
 
     /// Reads one key.
     pub async fn read(&self, key: &str) -> Result<Read, ForwardError> {
-        let path = kv_server::key::encode_path(key);
+        let path = kv_api::key::encode_path(key);
         let response = self
             .request(Method::GET, &path)
             .send()
@@ -162,7 +162,7 @@ impl Forward {
                     .headers()
                     .get(header::CONTENT_TYPE)
                     .cloned()
-                    .unwrap_or(HeaderValue::from_static(kv_server::dump::DEFAULT_CONTENT_TYPE));
+                    .unwrap_or(HeaderValue::from_static(kv_api::dump::DEFAULT_CONTENT_TYPE));
                 let version = response
                     .headers()
                     .get(header::ETAG)
@@ -194,7 +194,7 @@ impl Forward {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Passed, ForwardError> {
-        let path = kv_server::key::encode_path(key);
+        let path = kv_api::key::encode_path(key);
         let is_put = method == Method::PUT;
         let mut request = self.request(method, &path);
         for name in &FORWARDED_HEADERS {
@@ -270,7 +270,7 @@ impl Forward {
                 upstream: self.base.clone(),
                 timeout: self.timeout,
             }
-        } else if let Some(tls) = kv_server::tls::rustls_cause(&err) {
+        } else if let Some(tls) = kv_edge::tls::rustls_cause(&err) {
             // The rustls error alone says what to fix (an unknown issuer, a
             // name mismatch); reqwest's wrapping around it only adds noise.
             ForwardError::Unavailable {
@@ -292,7 +292,7 @@ pub fn trusted_roots(ca_file: Option<&Path>, what: &'static str) -> Result<Vec<r
     let Some(path) = ca_file else {
         return Ok(Vec::new());
     };
-    kv_server::tls::read_certificates(path, what)
+    kv_edge::tls::read_certificates(path, what)
         .map_err(|err| err.to_string())?
         .iter()
         .map(|der| reqwest::Certificate::from_der(der))

@@ -11,12 +11,12 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
-use kv_server::error::ApiError;
-use kv_server::http::{KEY_ROUTE, Key, parse_condition, plain_get};
-use kv_server::metrics::{self, Metrics};
-use kv_server::middleware;
-use kv_server::serve::Shortcut;
-use kv_server::store::Condition;
+use kv_api::condition::Condition;
+use kv_api::{ApiError, ErrorCode, routes};
+use kv_edge::auth::Token;
+use kv_edge::metrics::{self, Metrics};
+use kv_edge::request::{Key, read_body};
+use kv_edge::shortcut::{Shortcut, plain_get};
 
 use crate::cache::CacheStatus;
 use crate::forward::{ForwardError, Passed};
@@ -30,19 +30,19 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
     /// Checked before the cache is consulted.
-    pub token: Option<kv_server::auth::Token>,
+    pub token: Option<Token>,
 }
 
 pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
     let routes = Router::new()
-        .route("/kv", get(dump))
-        .route("/kv/", get(get_key).put(put_key).delete(delete_key))
-        .route(KEY_ROUTE, get(get_key).put(put_key).delete(delete_key))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_page))
-        .route("/openapi.yaml", get(openapi));
-    let routes = kv_server::auth::guard(routes, state.token.clone());
-    kv_server::http::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+        .route(routes::DUMP, get(dump))
+        .route(routes::EMPTY_KEY, get(get_key).put(put_key).delete(delete_key))
+        .route(routes::KEY, get(get_key).put(put_key).delete(delete_key))
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::METRICS, get(metrics_page))
+        .route(routes::OPENAPI, get(openapi));
+    let routes = kv_edge::auth::guard(routes, state.token.clone());
+    kv_edge::layer::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
 }
 
 /// Cache hits, answered before the router: the [`Shortcut`] of kv-proxy.
@@ -71,7 +71,7 @@ impl Shortcut for Hits {
             return Err(request);
         };
         let mut response = lookup_response(&key, &lookup, &if_none_match);
-        middleware::finish(&mut response, false, &state.metrics, "GET", KEY_ROUTE, started);
+        kv_edge::layer::finish(&mut response, false, &state.metrics, "GET", routes::KEY, started);
         Ok(response)
     }
 }
@@ -82,7 +82,7 @@ async fn get_key(
     Key(key): Key,
     request: Request,
 ) -> Result<Response, ProxyError> {
-    let if_none_match = parse_condition(request.headers(), &header::IF_NONE_MATCH)?;
+    let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
     let lookup = state.proxy.get(&key).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
 }
@@ -122,7 +122,7 @@ async fn put_key(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
-    let value = kv_server::http::read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
     let passed = state.proxy.write(Method::PUT, &key, &parts.headers, value).await?;
     Ok(passed_response(passed))
 }
@@ -171,10 +171,7 @@ async fn metrics_page(State(state): State<Arc<ProxyState>>) -> Response {
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/yaml")],
-        kv_server::http::OPENAPI_YAML,
-    )
+    ([(header::CONTENT_TYPE, "application/yaml")], routes::OPENAPI_YAML)
 }
 
 fn passed_response(passed: Passed) -> Response {
@@ -217,7 +214,7 @@ pub fn upstream_error(err: &ForwardError) -> ApiError {
         ForwardError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
         ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
     };
-    ApiError::new(status, "upstream_unavailable", err.to_string())
+    ApiError::new(ErrorCode::UpstreamUnavailable, err.to_string()).with_status(status)
 }
 
 impl IntoResponse for ProxyError {

@@ -18,7 +18,7 @@ pub mod telnet;
 use std::future::Future;
 use std::sync::Arc;
 
-use kv_server::metrics::Metrics;
+use kv_edge::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +27,10 @@ pub use config::Config;
 /// A configured proxy, not yet listening.
 pub struct ProxyServer {
     config: Config,
-    token: Option<kv_server::auth::Token>,
+    token: Option<kv_edge::auth::Token>,
     proxy: proxy::Proxy,
     metrics: Arc<Metrics>,
-    tls: Option<kv_server::tls::TlsAcceptor>,
+    tls: Option<kv_edge::tls::TlsAcceptor>,
 }
 
 impl ProxyServer {
@@ -44,7 +44,7 @@ impl ProxyServer {
         }
         config.auth.check_exposure(token.as_ref(), &exposed)?;
         let upstream_token = match &config.upstream_token_file {
-            Some(path) => kv_server::auth::AuthArgs {
+            Some(path) => kv_edge::auth::AuthArgs {
                 token_file: Some(path.clone()),
                 ..Default::default()
             }
@@ -54,7 +54,7 @@ impl ProxyServer {
         let forward = forward::Forward::new(
             &config.upstream,
             config.upstream_timeout,
-            upstream_token.as_ref().map(kv_server::auth::Token::as_str),
+            upstream_token.as_ref().map(kv_edge::auth::Token::as_str),
             config.upstream_ca_file.as_deref(),
         )?;
         let tls = config.tls.load().map_err(|err| err.to_string())?;
@@ -111,7 +111,7 @@ impl ProxyServer {
             shutdown.await;
             cancel.cancel();
         };
-        kv_server::serve::serve(http, app, hits, &self.config.http, self.tls.clone(), stop).await;
+        kv_edge::serve::serve(http, app, hits, &self.config.http, self.tls.clone(), stop).await;
         cancel.cancel();
         if let Some(task) = telnet_task {
             let _ = task.await;

@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let config = kv_proxy::Config::parse();
-    kv_server::init_tracing();
+    kv_edge::init_tracing();
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -25,19 +25,13 @@ fn main() -> std::process::ExitCode {
 fn run(config: kv_proxy::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let http = bind(config.listen, "--listen").await?;
+        let http = kv_edge::serve::bind(config.listen, "--listen")?;
         let telnet = match config.telnet_listen {
-            Listen::On(addr) => Some(bind(addr, "--telnet-listen").await?),
+            Listen::On(addr) => Some(kv_edge::serve::bind(addr, "--telnet-listen")?),
             Listen::Off => None,
         };
         let proxy = kv_proxy::ProxyServer::new(config).map_err(anyhow::Error::msg)?;
-        proxy.serve(http, telnet, kv_server::serve::shutdown_signal()).await;
+        proxy.serve(http, telnet, kv_edge::shutdown::shutdown_signal()).await;
         Ok(())
-    })
-}
-
-async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    kv_server::serve::bind(addr).with_context(|| {
-        format!("cannot listen on {addr} (is another program using that port? choose another with {flag})")
     })
 }

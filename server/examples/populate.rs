@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use kv_server::store::redb::RedbOptions;
-use kv_server::store::{Precondition, RedbStore, Store, WriteOp};
+use kv_api::condition::Precondition;
+use kv_server::store::engine::RedbOptions;
+use kv_server::store::{RedbStore, Store, WriteOp};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::auth::AuthArgs;
-use crate::serve::HttpLimits;
-use crate::tls::TlsArgs;
-use crate::units::parse_size;
+use kv_edge::auth::AuthArgs;
+use kv_edge::limits::HttpLimits;
+use kv_edge::tls::TlsArgs;
+use kv_edge::units::parse_size;
 
 /// kv-server: a durable key-value store over HTTP.
 ///

@@ -1,31 +1,16 @@
 //! kv-server: a durable key-value store over HTTP.
 //!
+//! The store and its HTTP API, and nothing else: the contract lives in
+//! `kv-api`, the HTTP edge (accept loop, limits, auth, TLS) in `kv-edge`.
+//!
 //! # Layout
 //! - [`config`]: the command line (`--listen`, `--data-dir`, limits).
-//! - [`store`]: the storage trait and its redb engine, with group commit.
-//! - [`http`]: the routes of the API, its extractors and handlers.
-//! - [`dump`]: the shapes of DUMP (`GET /kv`) and the NDJSON item shared with import/export.
-//! - [`key`]: how a key is spelled in a URL; shared with the proxy so both agree.
-//! - [`quote`]: Redis-style quoting for the line-oriented views (telnet, text DUMP).
-//! - [`auth`]: the access token and protected mode (no token, no network).
-//! - [`middleware`]: the one layer around every route (metrics, body timeout, nosniff, panics).
-//! - [`serve`]: the hardened accept loop both programs use, and the shutdown signal.
-//! - [`tls`]: `--tls-cert`/`--tls-key`, and the crypto provider every kv program uses.
-//! - [`metrics`], [`error`], [`units`]: Prometheus figures, the error body, sizes and durations.
+//! - [`store`]: the storage trait and its redb engine (`engine`, `writer`, `record`, `wal`).
+//! - [`http`]: the router and handlers (`keys`, `dump`, `page`).
 
-pub mod auth;
 pub mod config;
-pub mod dump;
-pub mod error;
 pub mod http;
-pub mod key;
-pub mod metrics;
-pub mod middleware;
-pub mod quote;
-pub mod serve;
 pub mod store;
-pub mod tls;
-pub mod units;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +18,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-use store::redb::{OpenError, RedbOptions};
+use kv_edge::{auth, metrics, serve, tls};
+use store::engine::{OpenError, RedbOptions};
 use store::{RedbStore, Store};
 
 /// Why the server could not start.
@@ -52,7 +38,7 @@ pub struct Server {
     config: Config,
     store: RedbStore,
     token: Option<auth::Token>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<kv_edge::tls::TlsAcceptor>,
 }
 
 impl Server {
@@ -103,16 +89,4 @@ impl Server {
         self.store.close().await;
         tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");
     }
-}
-
-/// Installs the log subscriber: one line per event, `RUST_LOG` overrides the level.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

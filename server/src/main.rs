@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let config = kv_server::Config::parse();
-    kv_server::init_tracing();
+    kv_edge::init_tracing();
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -26,10 +26,8 @@ fn run(config: kv_server::Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listen = config.listen;
         let server = kv_server::Server::open(config)?;
-        let listener = kv_server::serve::bind(listen).with_context(|| {
-            format!("cannot listen on {listen} (is another program using that port? choose another with --listen)")
-        })?;
-        server.serve(listener, kv_server::serve::shutdown_signal()).await;
+        let listener = kv_edge::serve::bind(listen, "--listen")?;
+        server.serve(listener, kv_edge::shutdown::shutdown_signal()).await;
         Ok(())
     })
 }

@@ -2,11 +2,10 @@
 //! Moss`, `GET name`, `DUMP`. It speaks to the same cache and upstream as the
 //! HTTP front, so a GET here is cached like one there.
 //!
-//! [`connection`] turns bytes into bounded lines, [`command`] turns a line
+//! [`connection`] turns bytes into bounded lines, [`kv_api::command`] turns a line
 //! into a [`Command`], and the session loop here runs commands and never
 //! touches bytes.
 
-pub mod command;
 pub mod connection;
 
 use std::sync::Arc;
@@ -14,20 +13,20 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kv_server::dump::Item;
-use kv_server::error::ErrorBody;
-use kv_server::quote;
+use kv_api::ErrorBody;
+use kv_api::dump::Item;
+use kv_api::quote;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::command::Command;
-use self::command::{HELP, ParseError, looks_like_http};
 use self::connection::{Connection, Frame};
 use crate::config::TelnetLimits;
 use crate::forward::Passed;
 use crate::proxy::{Lookup, Proxy, ReadError};
+pub use kv_api::command::Command;
+use kv_api::command::{HELP, ParseError, looks_like_http};
 
 /// What every session shares.
 #[derive(Clone)]
@@ -35,7 +34,7 @@ pub struct Session {
     pub proxy: Proxy,
     pub limits: TelnetLimits,
     /// With a token, a session must send `AUTH <token>` before anything else.
-    pub token: Option<kv_server::auth::Token>,
+    pub token: Option<kv_edge::auth::Token>,
 }
 
 /// Accepts telnet clients until `cancel` fires, then tells each session to
@@ -44,7 +43,7 @@ pub async fn serve(listener: TcpListener, shared: Session, cancel: CancellationT
     let limits = &shared.limits;
     let slots = Arc::new(Semaphore::new(limits.telnet_max_connections));
     let tracker = TaskTracker::new();
-    let workers = kv_server::serve::Workers::start()
+    let workers = kv_edge::workers::Workers::start()
         .inspect_err(|err| tracing::warn!(cause = %err, "cannot start the telnet threads; serving on the main runtime"))
         .ok();
     loop {
@@ -231,7 +230,7 @@ where
             let content_type = if std::str::from_utf8(&value).is_ok() {
                 "text/plain; charset=utf-8"
             } else {
-                kv_server::dump::DEFAULT_CONTENT_TYPE
+                kv_api::dump::DEFAULT_CONTENT_TYPE
             };
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             let reply = match proxy.write(Method::PUT, &key, &headers, Bytes::from(value)).await {
@@ -288,7 +287,7 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let path = match prefix {
-        Some(prefix) => format!("/kv?prefix={}", kv_server::key::encode_query_component(prefix)),
+        Some(prefix) => format!("/kv?prefix={}", kv_api::key::encode_query_component(prefix)),
         None => "/kv".to_owned(),
     };
     let accept = HeaderValue::from_static("application/x-ndjson");

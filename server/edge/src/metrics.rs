@@ -24,13 +24,10 @@ struct RouteLabels {
     route: &'static str,
 }
 
-/// The routes both programs serve; anything else is counted as "other".
-const ROUTES: [&str; 6] = ["/kv", "/kv/", "/kv/{*key}", "/healthz", "/metrics", "/openapi.yaml"];
-
 pub(crate) fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     match matched {
         None => "unmatched",
-        Some(path) => ROUTES
+        Some(path) => kv_api::routes::ALL
             .iter()
             .find(|route| **route == path.as_str())
             .copied()

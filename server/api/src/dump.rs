@@ -1,18 +1,38 @@
 //! DUMP: the listing of pairs, in the four shapes `GET /kv` can take, and the
 //! NDJSON item that export and import files share with it.
 
-use std::fmt::Write;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::key;
 use crate::quote;
-use crate::store::Entry;
+
+/// One stored pair, as every read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: bytes::Bytes,
+    pub content_type: String,
+    /// The revision of the write that last changed this key (its `ETag`).
+    pub version: u64,
+}
+
+/// The default and largest page of a JSON or HTML DUMP.
+pub const DEFAULT_PAGE: usize = 1000;
+pub const MAX_PAGE: usize = 10_000;
 
 /// The content type stored when a PUT names none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// The content type of a value written without one by the line protocol,
+/// `kv put` or `kv import`: text when the bytes are UTF-8.
+pub fn content_type_for(value: &[u8]) -> &'static str {
+    if std::str::from_utf8(value).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        DEFAULT_CONTENT_TYPE
+    }
+}
 
 /// One pair in a JSON page, an NDJSON line or an export file. A value that is
 /// not UTF-8 travels as `value_base64` instead of `value`.
@@ -140,109 +160,6 @@ pub fn text_line(entry: &Entry, keys_only: bool) -> String {
     }
 }
 
-/// The longest value shown in full on the HTML page.
-const HTML_VALUE_PREVIEW: usize = 2048;
-
-/// The browser listing: a prefix filter, a table, and a link to the next page.
-pub fn html_page(entries: &[Entry], prefix: &str, limit: usize, next: Option<&str>, total_keys: Option<u64>) -> String {
-    let mut page = String::with_capacity(4096 + entries.len() * 128);
-    page.push_str(concat!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        "<title>kv</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}",
-        "table{border-collapse:collapse;width:100%}",
-        "th,td{border-bottom:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}",
-        "td{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all}",
-        "th{background:#f4f4f4}.muted{color:#777}",
-        "</style></head><body>\n<h1>kv</h1>\n",
-    ));
-    let _ = writeln!(
-        page,
-        "<form method=\"get\" action=\"/kv\"><label>Prefix <input name=\"prefix\" value=\"{}\"></label> \
-         <input type=\"hidden\" name=\"limit\" value=\"{limit}\"><button type=\"submit\">Filter</button></form>",
-        escape_html(prefix)
-    );
-    match total_keys {
-        Some(total) => {
-            let _ = writeln!(
-                page,
-                "<p class=\"muted\">{} shown here, {total} keys stored in all.</p>",
-                entries.len()
-            );
-        }
-        None => {
-            let _ = writeln!(page, "<p class=\"muted\">{} shown here.</p>", entries.len());
-        }
-    }
-    page.push_str("<table><thead><tr><th>Key</th><th>Value</th><th>Version</th></tr></thead><tbody>\n");
-    for entry in entries {
-        let value = match std::str::from_utf8(&entry.value) {
-            Ok(text) if text.len() > HTML_VALUE_PREVIEW => {
-                let cut = text.floor_char_boundary(HTML_VALUE_PREVIEW);
-                format!(
-                    "{}<span class=\"muted\">… ({} bytes)</span>",
-                    escape_html(&text[..cut]),
-                    text.len()
-                )
-            }
-            Ok(text) => escape_html(text),
-            Err(_) => format!(
-                "<span class=\"muted\">({} bytes of binary data)</span>",
-                entry.value.len()
-            ),
-        };
-        let _ = writeln!(
-            page,
-            "<tr><td><a href=\"{}\">{}</a></td><td>{value}</td><td>{}</td></tr>",
-            escape_html(&key::encode_path(&entry.key)),
-            escape_html(&entry.key),
-            entry.version
-        );
-    }
-    page.push_str("</tbody></table>\n");
-    if entries.is_empty() {
-        page.push_str("<p>No keys here yet. Store one with <code>curl -X PUT --data 'Derek Moss' http://127.0.0.1:8080/kv/name</code>.</p>\n");
-    }
-    if let Some(next) = next {
-        let href = format!(
-            "/kv?prefix={}&limit={limit}&after={}",
-            key::encode_query_component(prefix),
-            key::encode_query_component(next)
-        );
-        let _ = writeln!(
-            page,
-            "<p><a rel=\"next\" href=\"{}\">Next page →</a></p>",
-            escape_html(&href)
-        );
-    }
-    page.push_str("</body></html>\n");
-    page
-}
-
-/// Escapes text for HTML element content and quoted attribute values. The
-/// line and paragraph separators are written as references so that a value
-/// pasted into a script context cannot end a line there.
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\u{2028}' => out.push_str("&#x2028;"),
-            '\u{2029}' => out.push_str("&#x2029;"),
-            c if c.is_control() && c != '\n' && c != '\t' => {
-                let _ = write!(out, "&#x{:x};", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,20 +202,5 @@ mod tests {
             serde_json::to_string(&text).unwrap(),
             r#"{"key":"k","value":"hi","version":7}"#
         );
-    }
-
-    #[test]
-    fn html_escapes_keys_and_values() {
-        let page = html_page(
-            &[entry("<script>alert(1)</script>", b"\"><img src=x onerror=alert(1)>")],
-            "",
-            10,
-            None,
-            None,
-        );
-        assert!(!page.contains("<script>alert"));
-        assert!(!page.contains("<img"));
-        assert!(page.contains("&lt;script&gt;"));
-        assert_eq!(escape_html("a\u{2028}b"), "a&#x2028;b");
     }
 }

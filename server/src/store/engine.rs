@@ -20,36 +20,24 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ::redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
-    TableDefinition, WriteTransaction,
-};
-use bytes::Bytes;
+use ::redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use kv_api::dump::Entry;
 use tokio::sync::{mpsc, oneshot};
 
+use super::record::{self, DATA, META, REVISION};
 use super::wal::{self, Change, Wal};
-use super::{Entry, Scan, Store, StoreError, WriteOp, WriteOutcome};
-
-/// Key -> encoded record (see [`encode_record`]).
-const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
-/// Store-wide counters; `revision` is the last revision handed out.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const REVISION: &str = "revision";
-/// The revision the last checkpoint made durable (kept for inspection).
-const CHECKPOINT: &str = "checkpoint";
+use super::writer::Writer;
+use super::{Scan, Store, StoreError, WriteOp, WriteOutcome};
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
 /// What [`RedbStore::path`] reports for a store over a custom backend.
 pub const CUSTOM_BACKEND_PATH: &str = "<custom backend>";
 
-/// A group is cut at this many writes or bytes, so one commit stays bounded.
-const MAX_GROUP_OPS: usize = 4096;
-const MAX_GROUP_BYTES: usize = 64 << 20;
 /// Writers waiting beyond this many queue behind the channel (backpressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
 
@@ -117,13 +105,13 @@ struct Inner {
 }
 
 /// State the writer thread publishes to readers.
-struct Shared {
-    revision: AtomicU64,
+pub(super) struct Shared {
+    pub(super) revision: AtomicU64,
     /// Set once, at the first failed commit: the store is then fail-stopped.
-    failure: OnceLock<String>,
+    pub(super) failure: OnceLock<String>,
 }
 
-enum Job {
+pub(super) enum Job {
     Write(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>),
     Close,
 }
@@ -230,7 +218,7 @@ impl RedbStore {
             let durable = meta.get(REVISION).map_err(|e| engine_err(&e))?.map_or(0, |g| g.value());
             let changes = wal.replay(durable).map_err(wal_err)?;
             for change in &changes {
-                apply_change(&mut data, change).map_err(|e| engine_err(&e))?;
+                record::apply_change(&mut data, change).map_err(|e| engine_err(&e))?;
             }
             let revision = changes.last().map_or(durable, Change::revision);
             meta.insert(REVISION, revision).map_err(|e| engine_err(&e))?;
@@ -308,7 +296,7 @@ impl Store for RedbStore {
         let Some(record) = table.get(key).map_err(unavailable)? else {
             return Ok(None);
         };
-        Ok(Some(decode_record(key.to_owned(), record.value(), false)))
+        Ok(Some(record::decode(key.to_owned(), record.value(), false)))
     }
 
     fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
@@ -331,7 +319,7 @@ impl Store for RedbStore {
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
             }
-            entries.push(decode_record(key.to_owned(), record.value(), scan.keys_only));
+            entries.push(record::decode(key.to_owned(), record.value(), scan.keys_only));
         }
         Ok(entries)
     }
@@ -406,320 +394,11 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
-/// The writer thread: gather a group, apply it, log it, commit it, answer
-/// everyone; checkpoint when due.
-struct Writer<'a, B: StorageBackend> {
-    db: &'a Database,
-    shared: &'a Shared,
-    wal: Wal<B>,
-    two_phase: bool,
-    checkpoint_bytes: u64,
-    /// When the last checkpoint was, and whether anything was written since.
-    checkpointed_at: Instant,
-    dirty: bool,
-}
-
-impl<'a, B: StorageBackend> Writer<'a, B> {
-    fn new(db: &'a Database, shared: &'a Shared, wal: Wal<B>, options: &RedbOptions) -> Self {
-        Self {
-            db,
-            shared,
-            wal,
-            two_phase: options.two_phase_commit,
-            checkpoint_bytes: options.checkpoint_bytes,
-            checkpointed_at: Instant::now(),
-            dirty: false,
-        }
-    }
-
-    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut closing = false;
-        while !closing {
-            let Some(first) = jobs.blocking_recv() else {
-                break;
-            };
-            let mut group = Vec::new();
-            let mut bytes = 0;
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Close => closing = true,
-                    Job::Write(op, reply) => {
-                        bytes += op_bytes(&op);
-                        group.push((op, reply));
-                    }
-                }
-                if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
-                    break;
-                }
-                next = jobs.try_recv().ok();
-            }
-            // Before the group, not after the previous one: a checkpoint belongs to
-            // no write, and a fault in it must fail the writes still to come, never
-            // be mistaken for the failure of writes already acknowledged.
-            if self.checkpoint_due() {
-                self.checkpoint();
-            }
-            if !group.is_empty() {
-                self.commit(group);
-            }
-        }
-        if self.dirty && self.shared.failure.get().is_none() {
-            self.checkpoint();
-        }
-        jobs.close();
-        // Writes that raced with Close are refused, never silently dropped.
-        while let Ok(job) = jobs.try_recv() {
-            if let Job::Write(_, reply) = job {
-                let _ = reply.send(Err(StoreError::Closed));
-            }
-        }
-    }
-
-    /// Commits one group and answers its writers: each gets its outcome once
-    /// the group is durable, or everyone gets an error.
-    fn commit(&mut self, group: Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>)>) {
-        let answers = match self.shared.failure.get() {
-            Some(failure) => Err(failure.clone()),
-            None => {
-                let committing = Instant::now();
-                let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
-                let result = self.commit_ops(&ops);
-                match result {
-                    Ok((outcomes, revision)) => {
-                        tracing::debug!(
-                            writes = ops.len(),
-                            micros = committing.elapsed().as_micros(),
-                            "group committed"
-                        );
-                        self.shared.revision.store(revision, Ordering::Release);
-                        Ok(outcomes)
-                    }
-                    Err(message) => Err(self.fail(&message, group.len())),
-                }
-            }
-        };
-        match answers {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(failure) => {
-                for (_, reply) in group {
-                    let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
-                }
-            }
-        }
-    }
-
-    /// Applies `ops` in one transaction, makes their changes durable in the
-    /// log, then commits the transaction (no sync: the log holds them). Returns
-    /// each write's outcome and the last revision used. Any error fails the
-    /// whole group, and the store with it.
-    fn commit_ops(&mut self, ops: &[&WriteOp]) -> Result<(Vec<WriteOutcome>, u64), String> {
-        let start = self.shared.revision.load(Ordering::Acquire);
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
-        let (outcomes, changes) = apply_ops(&txn, ops, start).map_err(|e| e.to_string())?;
-        let Some(revision) = changes.last().map(Change::revision) else {
-            // Only refused writes: nothing to make durable.
-            txn.abort().map_err(|e| e.to_string())?;
-            return Ok((outcomes, start));
-        };
-        {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert(REVISION, revision).map_err(|e| e.to_string())?;
-        }
-        let logging = Instant::now();
-        self.wal
-            .append(&changes)
-            .map_err(|e| format!("writing the write-ahead log failed: {e}"))?;
-        let logged = logging.elapsed();
-        txn.commit().map_err(|e| e.to_string())?;
-        tracing::debug!(
-            log_micros = logged.as_micros(),
-            commit_micros = (logging.elapsed() - logged).as_micros(),
-            "group logged"
-        );
-        self.dirty = true;
-        Ok((outcomes, revision))
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        self.dirty
-            && self.shared.failure.get().is_none()
-            && (self.wal.bytes() >= self.checkpoint_bytes || self.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL)
-    }
-
-    /// Makes everything committed so far durable in the database itself, so
-    /// that the log can start over; fail-stops the store if it cannot.
-    fn checkpoint(&mut self) {
-        if let Err(message) = self.try_checkpoint() {
-            self.fail(&message, 0);
-        }
-    }
-
-    fn try_checkpoint(&mut self) -> Result<(), String> {
-        let started = Instant::now();
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_two_phase_commit(self.two_phase);
-        // A change of its own, so that redb writes a new durable root however
-        // it treats an empty transaction.
-        let revision = self.shared.revision.load(Ordering::Acquire);
-        {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert(CHECKPOINT, revision).map_err(|e| e.to_string())?;
-        }
-        txn.commit().map_err(|e| e.to_string())?;
-        tracing::debug!(
-            revision,
-            log_bytes = self.wal.bytes(),
-            micros = started.elapsed().as_micros(),
-            "checkpoint"
-        );
-        self.wal.rewind();
-        self.checkpointed_at = Instant::now();
-        self.dirty = false;
-        Ok(())
-    }
-
-    /// Fail-stops the store after a failed commit, log write or checkpoint;
-    /// returns the message every later write gets.
-    fn fail(&self, message: &str, writes: usize) -> String {
-        tracing::error!(
-            cause = %message,
-            writes,
-            "commit failed; refusing all writes until kv-server is restarted"
-        );
-        self.shared
-            .failure
-            .get_or_init(|| format!("a commit failed ({message}); restart kv-server to recover"))
-            .clone()
-    }
-}
-
-fn op_bytes(op: &WriteOp) -> usize {
-    match op {
-        WriteOp::Put { key, value, .. } => key.len() + value.len(),
-        WriteOp::Delete { key, .. } => key.len(),
-    }
-}
-
-/// Applies a group in `txn`, in order, each write seeing the ones before it;
-/// returns each write's outcome and the changes made (with their revisions,
-/// consecutive from `start + 1`).
-fn apply_ops(
-    txn: &WriteTransaction,
-    ops: &[&WriteOp],
-    start: u64,
-) -> Result<(Vec<WriteOutcome>, Vec<Change>), ::redb::Error> {
-    let mut revision = start;
-    let mut outcomes = Vec::with_capacity(ops.len());
-    let mut changes = Vec::with_capacity(ops.len());
-    let mut data = txn.open_table(DATA)?;
-    for op in ops {
-        let key = match op {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
-        };
-        let current = data.get(key)?.map(|record| record_version(record.value()));
-        let outcome = match op {
-            WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
-                if !precondition.allows(current) =>
-            {
-                WriteOutcome::PreconditionFailed { current }
-            }
-            WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
-            WriteOp::Delete { key, .. } => {
-                revision += 1;
-                let change = Change::Delete {
-                    key: key.clone(),
-                    revision,
-                };
-                apply_change(&mut data, &change)?;
-                changes.push(change);
-                WriteOutcome::Deleted { revision }
-            }
-            WriteOp::Put {
-                key,
-                value,
-                content_type,
-                ..
-            } => {
-                revision += 1;
-                let change = Change::Put {
-                    key: key.clone(),
-                    revision,
-                    content_type: content_type.clone(),
-                    value: value.clone(),
-                };
-                apply_change(&mut data, &change)?;
-                changes.push(change);
-                WriteOutcome::Stored {
-                    revision,
-                    created: current.is_none(),
-                }
-            }
-        };
-        outcomes.push(outcome);
-    }
-    Ok((outcomes, changes))
-}
-
-/// Puts one change into the data table: a live write, or one replayed from the log.
-fn apply_change(data: &mut ::redb::Table<&str, &[u8]>, change: &Change) -> Result<(), ::redb::StorageError> {
-    match change {
-        Change::Put {
-            key,
-            revision,
-            content_type,
-            value,
-        } => {
-            data.insert(key.as_str(), encode_record(*revision, content_type, value).as_slice())?;
-        }
-        Change::Delete { key, .. } => {
-            data.remove(key.as_str())?;
-        }
-    }
-    Ok(())
-}
-
-/// A record is `version: u64 LE | content-type length: u8 | content type | value`.
-fn encode_record(version: u64, content_type: &str, value: &[u8]) -> Vec<u8> {
-    let content_type = &content_type.as_bytes()[..content_type.len().min(255)];
-    let mut record = Vec::with_capacity(9 + content_type.len() + value.len());
-    record.extend_from_slice(&version.to_le_bytes());
-    record.push(content_type.len() as u8);
-    record.extend_from_slice(content_type);
-    record.extend_from_slice(value);
-    record
-}
-
-fn record_version(record: &[u8]) -> u64 {
-    u64::from_le_bytes(record[..8].try_into().expect("record header"))
-}
-
-fn decode_record(key: String, record: &[u8], keys_only: bool) -> Entry {
-    let version = record_version(record);
-    let type_len = usize::from(record[8]);
-    let content_type = String::from_utf8_lossy(&record[9..9 + type_len]).into_owned();
-    let value = if keys_only {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&record[9 + type_len..])
-    };
-    Entry {
-        key,
-        value,
-        content_type,
-        version,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Condition, Precondition};
+    use bytes::Bytes;
+    use kv_api::condition::{Condition, Precondition};
 
     fn put(key: &str, value: &str) -> WriteOp {
         WriteOp::Put {

@@ -12,10 +12,11 @@
 //! ```
 //! Command names are case-insensitive. A key or value may be written as a
 //! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
-//! `kv shell` speaks the same commands through this parser.
+//! `kv shell` speaks the same commands through this parser, and
+//! [`crate::interpreter`] answers them for both.
 
-use kv_server::key::{self, KeyError};
-use kv_server::quote::{self, QuoteError};
+use crate::key::{self, KeyError};
+use crate::quote::{self, QuoteError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use kv_api::{ApiError, ErrorCode};
 
 /// The access-control flags both programs take.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -126,8 +126,7 @@ pub async fn require_token(State(token): State<Option<Token>>, request: Request,
         return next.run(request).await;
     }
     let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "this kv needs an access token: send Authorization: Bearer <token> (the kv CLI sends KV_TOKEN)",
     )
     .into_response();

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request};
+use axum::http::Version;
 use axum::http::header::{self, HeaderValue};
-use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -28,8 +29,42 @@ use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 use tower_http::timeout::TimeoutBody;
 
-use crate::error::ApiError;
+use kv_api::{ApiError, ErrorCode};
+
 use crate::metrics::Metrics;
+
+/// What every kv HTTP front puts around its routes: JSON answers for unknown
+/// routes and methods, and the [`EdgeLayer`]
+/// (metrics, 414/431 for an overlong target or header line, a body timeout,
+/// `nosniff`, a 500 on a panic). There is no timer on whole requests: the head
+/// is bounded by the header-read timeout, the body by `request_timeout`, and
+/// every wait after that by the store or `--upstream-timeout`.
+pub fn common_layers<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    metrics: Arc<Metrics>,
+    request_timeout: std::time::Duration,
+) -> Router<S> {
+    routes
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(EdgeLayer::new(metrics, request_timeout))
+}
+
+/// The answer for a path no route has.
+pub async fn no_route() -> ApiError {
+    ApiError::new(
+        ErrorCode::NoRoute,
+        "no such route; keys live under /kv/<key>, and /openapi.yaml lists every route",
+    )
+}
+
+/// The answer for a method the route does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method; see /openapi.yaml",
+    )
+}
 
 /// Install with `Router::layer`, so that it runs after routing and the
 /// matched route is known (and labels the request's metrics).
@@ -81,7 +116,7 @@ where
         let method = crate::metrics::method_label(request.method());
         let route = crate::metrics::route_label(request.extensions().get::<MatchedPath>());
         let unread_body = request.version() < Version::HTTP_2 && !request.body().is_end_stream();
-        if let Some(refusal) = crate::http::over_line_limits(request.uri(), request.headers()) {
+        if let Some(refusal) = crate::limits::over_line_limits(request.uri(), request.headers()) {
             let mut response = refusal.into_response();
             finish(&mut response, unread_body, &self.layer.metrics, method, route, started);
             return Box::pin(std::future::ready(Ok(response)));
@@ -111,12 +146,7 @@ where
                 Ok(Err(never)) => match never {},
                 Err(_) => {
                     tracing::error!("a request handler panicked");
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "internal error; the program logged it",
-                    )
-                    .into_response()
+                    ApiError::new(ErrorCode::Internal, "internal error; the program logged it").into_response()
                 }
             };
             let unread_body = body_read.is_some_and(|finished| !finished.load(Ordering::Acquire));
@@ -126,7 +156,7 @@ where
     }
 }
 
-/// What every answer gets on its way out; a [`Shortcut`](crate::serve::Shortcut)
+/// What every answer gets on its way out; a [`Shortcut`](crate::shortcut::Shortcut)
 /// that answers without the router calls it too.
 pub fn finish(
     response: &mut Response,
@@ -191,11 +221,12 @@ impl HttpBody for WatchedBody {
 #[cfg(test)]
 mod tests {
     use axum::Router;
+    use axum::http::StatusCode;
     use axum::routing::{get, put};
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::http::read_body;
+    use crate::request::read_body;
 
     fn app(metrics: Arc<Metrics>) -> Router {
         let routes = Router::new()
@@ -211,7 +242,7 @@ mod tests {
                         .map(|_| "stored")
                 }),
             );
-        crate::http::common_layers(routes, metrics, Duration::from_millis(100))
+        common_layers(routes, metrics, Duration::from_millis(100))
     }
 
     async fn panics() -> &'static str {

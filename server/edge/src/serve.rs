@@ -22,7 +22,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -39,71 +38,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::Service as _;
 
-use crate::units::parse_duration;
+use crate::limits::{HttpLimits, MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::shortcut::Shortcut;
+use crate::workers::Workers;
 
-/// Limits on HTTP connections, shared by kv-server and kv-proxy.
-#[derive(Debug, Clone, clap::Args)]
-pub struct HttpLimits {
-    /// Close a connection whose request head (request line and headers) has
-    /// not fully arrived within this time.
-    #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
-
-    /// Answer 408 when a request body takes longer than this to arrive.
-    #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-
-    /// The most HTTP connections open at once; more are answered 503 and closed.
-    #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-        }
-    }
-}
-
-/// The request head may take at most this many bytes (all headers together).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The most header fields in one request.
-pub const MAX_HEADERS: usize = 100;
-/// The longest request target, and the longest header line (name, `: ` and
-/// value), in bytes. hyper bounds only the head as a whole; this per-line
-/// bound is nginx's, and it is checked by `http::common_layers`. A key of
-/// 1024 bytes is at most 3 KiB percent-encoded, so any valid request fits,
-/// a DUMP with both `prefix` and `after` included.
-pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Answers some requests before the router does, and hands it the rest.
-///
-/// It exists for the proxy's cache hits: a hit is a lookup and a prebuilt
-/// answer, about half the CPU of routing and extracting the same request
-/// through axum (ARCHITECTURE.md, "GET through the proxy"). Whatever it does not
-/// answer exactly as the router would (a miss, a malformed key, a request over a
-/// limit), it gives back untouched.
-pub trait Shortcut: Send + Sync + 'static {
-    fn answer(
-        &self,
-        request: hyper::Request<Incoming>,
-    ) -> impl Future<Output = Result<Response, hyper::Request<Incoming>>> + Send;
-}
-
-/// No shortcut: every request goes to the router.
-impl Shortcut for () {
-    fn answer(
-        &self,
-        request: hyper::Request<Incoming>,
-    ) -> impl Future<Output = Result<Response, hyper::Request<Incoming>>> + Send {
-        std::future::ready(Err(request))
-    }
-}
 
 /// Serves `app` on `listener` (over TLS when given an acceptor) until
 /// `shutdown` resolves, then lets requests in flight finish (for up to ten
@@ -214,68 +154,6 @@ pub async fn serve<S: Shortcut>(
     }
 }
 
-/// Single-threaded runtimes, one per core, that accepted connections are
-/// handed to in turn.
-///
-/// A connection lives its whole life on one of them: no work stealing and no
-/// wakeups across threads on each request. On this 2-core machine that gave a
-/// trivial axum server 26-55% more requests per second than tokio's default
-/// multi-threaded runtime, and kv-proxy's cache hits about the same. The accept
-/// loop, the connection cap and graceful shutdown stay on the main runtime.
-/// The telnet adapter uses a pool of its own.
-pub struct Workers {
-    handles: Vec<tokio::runtime::Handle>,
-    next: AtomicUsize,
-    /// Dropped with the pool: each runtime then ends, and its thread with it.
-    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Workers {
-    pub fn start() -> std::io::Result<Self> {
-        let count = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let (mut handles, mut stops) = (Vec::with_capacity(count), Vec::with_capacity(count));
-        for i in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            handles.push(runtime.handle().clone());
-            std::thread::Builder::new()
-                .name(format!("kv-http-{i}"))
-                .spawn(move || {
-                    let _ = runtime.block_on(stopped);
-                })?;
-            stops.push(stop);
-        }
-        Ok(Self {
-            handles,
-            next: AtomicUsize::new(0),
-            _stop: stops,
-        })
-    }
-
-    /// Moves `stream` to the next runtime (its socket is registered with that
-    /// runtime's reactor) and serves it there.
-    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
-    where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::debug!(cause = %err, "cannot hand a connection over");
-                return;
-            }
-        };
-        let handle = &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()];
-        handle.spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve(stream).await,
-                Err(err) => tracing::debug!(cause = %err, "cannot take a connection over"),
-            }
-        });
-    }
-}
-
 /// The hyper service of a connection: the shortcut, then the router.
 struct Front<S> {
     router: Router,
@@ -348,39 +226,32 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// Binds a listener with a deep accept queue, so that a burst of connections
-/// waits to be accepted (and, over the cap, told why it is refused) instead of
-/// being dropped by the kernel. tokio's default backlog is 1024.
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+/// Why a listener could not be bound, in words that say what to change.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {addr}: {cause} (is another program, or kv itself, using that port? choose another address with {flag})"
+)]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    /// The flag that sets this address, like `--listen`.
+    pub flag: &'static str,
+    pub cause: std::io::Error,
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// Binds a listener with a deep accept queue, so that a burst of connections
+/// waits to be accepted (and, over the cap, told why it is refused) instead of
+/// being dropped by the kernel. tokio's default backlog is 1024. `flag` names
+/// the flag that chose `addr`, for the error message.
+pub fn bind(addr: std::net::SocketAddr, flag: &'static str) -> Result<TcpListener, BindError> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+    listen().map_err(|cause| BindError { addr, flag, cause })
 }

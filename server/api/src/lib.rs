@@ -1,0 +1,28 @@
+//! kv-api: the contract every kv program agrees on, with no I/O.
+//!
+//! kv-server, kv-proxy, the `kv` CLI and the fuzz target all depend on this
+//! crate, and nothing here opens a socket or a file: no tokio, hyper, reqwest
+//! or redb (ARCHITECTURE.md, "Invariants").
+//!
+//! # Layout
+//! - [`key`]: how a key is spelled in a URL (decode, validate, encode).
+//! - [`error`]: [`ErrorCode`](error::ErrorCode), every error code with its status, and the JSON body.
+//! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
+//! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
+//! - [`quote`]: Redis-style quoting for line-oriented output.
+//! - [`command`]: the line protocol's commands, parsed from a line.
+//! - [`interpreter`]: what each command answers, over a small backend trait.
+//! - [`stats`]: the names of the proxy's figures.
+//! - [`routes`]: the route table and the embedded `openapi.yaml`.
+
+pub mod command;
+pub mod condition;
+pub mod dump;
+pub mod error;
+pub mod interpreter;
+pub mod key;
+pub mod quote;
+pub mod routes;
+pub mod stats;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -1,0 +1,66 @@
+//! What handlers take from a request: the key it names, and its body within
+//! the size limit.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::Version;
+use axum::http::header::{self, HeaderMap};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use kv_api::key;
+use kv_api::{ApiError, ErrorCode};
+
+/// The key a request names, decoded from the raw path (never from a
+/// pre-decoded parameter) so that the proxy, which uses the same function,
+/// always agrees with the server.
+pub struct Key(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(key::decode_path(parts.uri.path())?))
+    }
+}
+
+/// Reads a PUT body, refusing it as soon as it is known to be too large.
+pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(length) => {
+            let length: u64 = length
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
+            if length > limit as u64 {
+                return Err(ApiError::too_large(limit));
+            }
+        }
+        // HTTP/2 frames its own bodies; HTTP/1 needs a length or chunked encoding.
+        None if version < Version::HTTP_2 && !headers.contains_key(header::TRANSFER_ENCODING) => {
+            return Err(ApiError::new(
+                ErrorCode::LengthRequired,
+                "a PUT needs a Content-Length header (or chunked transfer encoding)",
+            ));
+        }
+        None => {}
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        // The timeout arrives wrapped in the body's own error type: look down the chain.
+        Err(err)
+            if std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| e.source())
+                .any(|e| e.is::<tower_http::timeout::TimeoutError>()) =>
+        {
+            Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body did not arrive in time (--request-timeout)",
+            ))
+        }
+        Err(err) => Err(ApiError::bad_request(format!(
+            "the request body could not be read: {err}"
+        ))),
+    }
+}

@@ -1,0 +1,155 @@
+//! One key: `GET`, `HEAD`, `PUT` and `DELETE /kv/{key}`, and the shortcut
+//! that answers plain GETs before the router.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use kv_api::condition::{Condition, Precondition, X_KV_REVISION, etag};
+use kv_api::dump::{DEFAULT_CONTENT_TYPE, Entry};
+use kv_api::{ApiError, ErrorCode, key, routes};
+use kv_edge::request::{Key, read_body};
+use kv_edge::shortcut::{Shortcut, plain_get};
+
+use super::AppState;
+use crate::store::{DeleteOutcome, PutOutcome};
+
+/// kv-server's [`Shortcut`]: `GET /kv/{key}` read from
+/// the store and answered as [`get_key`] would, without routing and extractors.
+pub struct Reads(Arc<AppState>);
+
+impl Reads {
+    pub fn new(state: &AppState) -> Self {
+        Self(Arc::new(state.clone()))
+    }
+}
+
+impl Shortcut for Reads {
+    async fn answer(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<Response, hyper::Request<hyper::body::Incoming>> {
+        let started = std::time::Instant::now();
+        let state = &self.0;
+        let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
+            return Err(request);
+        };
+        // A store error goes the long way, to be answered (and logged) there.
+        let Ok(entry) = state.store.get(&key) else {
+            return Err(request);
+        };
+        let mut response = match entry {
+            Some(entry) => {
+                let not_modified = if_none_match.matches(entry.version);
+                value_response(&entry, not_modified)
+            }
+            None => ApiError::key_not_found(&key).into_response(),
+        };
+        kv_edge::layer::finish(&mut response, false, &state.metrics, "GET", routes::KEY, started);
+        Ok(response)
+    }
+}
+
+/// Takes the whole `Request` rather than a `HeaderMap`, which axum would clone.
+pub(super) async fn get_key(
+    State(state): State<Arc<AppState>>,
+    Key(key): Key,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
+    let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
+    Ok(value_response(&entry, if_none_match.matches(entry.version)))
+}
+
+/// The response for a stored value: the raw bytes with their content type
+/// and ETag, or a bodiless 304.
+pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
+    let etag = etag(entry.version);
+    if not_modified {
+        let cache_control = HeaderValue::from_static("no-cache");
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+        )
+            .into_response();
+    }
+    let content_type =
+        HeaderValue::from_str(&entry.content_type).unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+    let mut response = Response::new(Body::from(entry.value.clone()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::ETAG, etag);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+pub(super) async fn put_key(
+    State(state): State<Arc<AppState>>,
+    Key(key): Key,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let precondition = Precondition::parse(&parts.headers)?;
+    let content_type = content_type(&parts.headers)?;
+    let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    match state.store.put(key.clone(), value, content_type, precondition).await? {
+        PutOutcome::Stored { revision, created } => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let body = Written {
+                key: &key,
+                version: revision,
+            };
+            let mut response = (status, axum::Json(body)).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::ETAG, etag(revision));
+            headers.insert(X_KV_REVISION.clone(), HeaderValue::from(revision));
+            if created && let Ok(location) = HeaderValue::from_str(&key::encode_path(&key)) {
+                headers.insert(header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        PutOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
+    }
+}
+
+/// The body of a PUT's answer: serialised straight from these fields, with no
+/// `serde_json::Value` map built on every write.
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    key: &'a str,
+    version: u64,
+}
+
+pub(super) async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    Key(key): Key,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let precondition = Precondition::parse(&headers)?;
+    match state.store.delete(key.clone(), precondition).await? {
+        DeleteOutcome::Deleted { revision } => Ok((
+            StatusCode::NO_CONTENT,
+            [(X_KV_REVISION.clone(), HeaderValue::from(revision))],
+        )
+            .into_response()),
+        DeleteOutcome::NotFound => Err(ApiError::key_not_found(&key)),
+        DeleteOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
+    }
+}
+
+/// The content type to store: the request's, or `application/octet-stream`.
+fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(DEFAULT_CONTENT_TYPE.to_owned());
+    };
+    match value.to_str() {
+        Ok(text) if !text.trim().is_empty() && text.len() <= 255 => Ok(text.trim().to_owned()),
+        _ => Err(ApiError::new(
+            ErrorCode::BadContentType,
+            "Content-Type must be printable ASCII of at most 255 bytes, like text/plain",
+        )),
+    }
+}

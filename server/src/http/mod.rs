@@ -1,0 +1,70 @@
+//! The HTTP API of kv-server: the router and what its handlers share. The
+//! contract is `openapi.yaml` at the repository root, served at `GET /openapi.yaml`.
+//!
+//! - [`keys`]: one key (GET, HEAD, PUT, DELETE) and the shortcut for plain GETs.
+//! - [`dump`]: `GET /kv` in its four shapes.
+//! - [`page`]: the HTML listing.
+
+mod dump;
+mod keys;
+mod page;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kv_api::routes;
+use kv_edge::auth::Token;
+use kv_edge::metrics::{self, Metrics};
+
+pub use keys::{Reads, value_response};
+
+use crate::store::Store;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub max_value_bytes: usize,
+    /// With a token, every route but `/healthz` needs it.
+    pub token: Option<Token>,
+}
+
+/// The router, built in a plain function so tests can drive it without a socket.
+pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
+    let routes = Router::new()
+        .route(routes::DUMP, get(dump::dump))
+        .route(
+            routes::EMPTY_KEY,
+            get(keys::get_key).put(keys::put_key).delete(keys::delete_key),
+        )
+        .route(
+            routes::KEY,
+            get(keys::get_key).put(keys::put_key).delete(keys::delete_key),
+        )
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::METRICS, get(metrics_page))
+        .route(routes::OPENAPI, get(openapi));
+    let routes = kv_edge::auth::guard(routes, state.token.clone());
+    kv_edge::layer::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, kv_api::ApiError> {
+    state.store.healthy()?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok", "revision": state.store.revision() })).into_response())
+}
+
+async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
+    if let Ok(keys) = state.store.len() {
+        state.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+    metrics::exposition(&state.metrics)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], routes::OPENAPI_YAML)
+}

@@ -1,0 +1,164 @@
+//! The storage trait: everything the HTTP layer needs from an engine, small
+//! enough that a clustered backend (etcd) can implement it later.
+//!
+//! Every write takes the next store-wide revision, like etcd's `mod_revision`;
+//! a key's version is the revision of the write that last changed it. Versions
+//! are what ETags, conditional writes and the proxy's cache ordering rest on.
+
+pub mod engine;
+mod record;
+pub mod wal;
+mod writer;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use kv_api::condition::Precondition;
+use kv_api::dump::Entry;
+
+pub use self::engine::RedbStore;
+
+/// A change to one key.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Put {
+        key: String,
+        value: Bytes,
+        content_type: String,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
+}
+
+/// What an acknowledged put did. It is returned only once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored at this revision; `created` when the key was new.
+    Stored { revision: u64, created: bool },
+    /// A precondition did not hold; nothing was written.
+    PreconditionFailed { current: Option<u64> },
+}
+
+/// What an acknowledged delete did. It is returned only once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Removed at this revision.
+    Deleted { revision: u64 },
+    /// There was no such key; nothing was written.
+    NotFound,
+    /// A precondition did not hold; nothing was written.
+    PreconditionFailed { current: Option<u64> },
+}
+
+/// What an acknowledged write did, as the engine's one queue answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// A put stored the value at this revision; `created` when the key was new.
+    Stored { revision: u64, created: bool },
+    /// A delete removed the key at this revision.
+    Deleted { revision: u64 },
+    /// A delete found no such key; nothing was written.
+    NotFound,
+    /// A precondition did not hold; nothing was written.
+    PreconditionFailed { current: Option<u64> },
+}
+
+/// Which part of the keyspace to list, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub prefix: String,
+    /// Start strictly after this key (a page cursor).
+    pub after: Option<String>,
+    pub limit: usize,
+    /// Leave values out (they come back empty).
+    pub keys_only: bool,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed, or failed earlier and now refuses work until restarted (fail-stop).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store is shutting down.
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// A key-value engine. Reads are synchronous and cheap; writes are durable
+/// (fsynced) when their future resolves, and may be batched with others.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
+    /// The number of keys stored.
+    fn len(&self) -> Result<u64, StoreError>;
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+    /// The latest revision the store has acknowledged.
+    fn revision(&self) -> u64;
+    /// Whether the store is able to take writes.
+    fn healthy(&self) -> Result<(), StoreError>;
+    /// Queues any write; [`Store::put`] and [`Store::delete`] are the typed doors.
+    fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>>;
+
+    fn put(
+        &self,
+        key: String,
+        value: Bytes,
+        content_type: String,
+        precondition: Precondition,
+    ) -> BoxFuture<'static, Result<PutOutcome, StoreError>> {
+        let op = WriteOp::Put {
+            key,
+            value,
+            content_type,
+            precondition,
+        };
+        self.write(op)
+            .map(|outcome| match outcome? {
+                WriteOutcome::Stored { revision, created } => Ok(PutOutcome::Stored { revision, created }),
+                WriteOutcome::PreconditionFailed { current } => Ok(PutOutcome::PreconditionFailed { current }),
+                other => Err(StoreError::mismatch("put", other)),
+            })
+            .boxed()
+    }
+
+    fn delete(&self, key: String, precondition: Precondition) -> BoxFuture<'static, Result<DeleteOutcome, StoreError>> {
+        self.write(WriteOp::Delete { key, precondition })
+            .map(|outcome| match outcome? {
+                WriteOutcome::Deleted { revision } => Ok(DeleteOutcome::Deleted { revision }),
+                WriteOutcome::NotFound => Ok(DeleteOutcome::NotFound),
+                WriteOutcome::PreconditionFailed { current } => Ok(DeleteOutcome::PreconditionFailed { current }),
+                other => Err(StoreError::mismatch("delete", other)),
+            })
+            .boxed()
+    }
+}
+
+impl StoreError {
+    /// An engine that answered one kind of write with another's outcome: a
+    /// bug, refused like a failure rather than trusted.
+    fn mismatch(write: &str, outcome: WriteOutcome) -> Self {
+        Self::Unavailable(format!("the engine answered a {write} with {outcome:?}"))
+    }
+}
+
+impl From<StoreError> for kv_api::ApiError {
+    fn from(err: StoreError) -> Self {
+        use kv_api::{ApiError, ErrorCode};
+        match err {
+            StoreError::Unavailable(ref cause) => {
+                tracing::error!(cause = %cause, "store unavailable");
+                ApiError::new(ErrorCode::StoreUnavailable, err.to_string())
+            }
+            StoreError::Closed => ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; retry against the new instance",
+            ),
+        }
+    }
+}

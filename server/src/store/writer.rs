@@ -1,0 +1,294 @@
+//! The writer thread: group commit, checkpoints and fail-stop.
+//!
+//! It takes every write waiting, applies them in arrival order inside one
+//! transaction (each taking the next revision, each precondition checked
+//! against the writes before it), appends the group's changes to the log and
+//! syncs it, then commits the transaction without a sync of its own (so
+//! readers see the writes) and answers everyone.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use ::redb::{Database, Durability, ReadableTable, StorageBackend, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{CHECKPOINT_INTERVAL, Job, RedbOptions, Shared};
+use super::record::{self, CHECKPOINT, DATA, META, REVISION};
+use super::wal::{Change, Wal};
+use super::{StoreError, WriteOp, WriteOutcome};
+
+/// The most writes in one group, and the most bytes of values.
+const MAX_GROUP_OPS: usize = 4096;
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// Any redb error, as the writer reports it.
+fn engine(err: impl Into<::redb::Error>) -> WriterError {
+    WriterError::Engine(err.into())
+}
+
+/// Why a group or a checkpoint could not be committed; the store fail-stops on it.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("the database failed: {0}")]
+    Engine(#[from] ::redb::Error),
+    #[error("writing the write-ahead log failed: {0}")]
+    Log(#[from] std::io::Error),
+}
+
+/// The writer thread: gather a group, apply it, log it, commit it, answer
+/// everyone; checkpoint when due.
+pub(super) struct Writer<'a, B: StorageBackend> {
+    db: &'a Database,
+    shared: &'a Shared,
+    wal: Wal<B>,
+    two_phase: bool,
+    checkpoint_bytes: u64,
+    /// When the last checkpoint was, and whether anything was written since.
+    checkpointed_at: Instant,
+    dirty: bool,
+}
+
+impl<'a, B: StorageBackend> Writer<'a, B> {
+    pub(super) fn new(db: &'a Database, shared: &'a Shared, wal: Wal<B>, options: &RedbOptions) -> Self {
+        Self {
+            db,
+            shared,
+            wal,
+            two_phase: options.two_phase_commit,
+            checkpoint_bytes: options.checkpoint_bytes,
+            checkpointed_at: Instant::now(),
+            dirty: false,
+        }
+    }
+
+    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut closing = false;
+        while !closing {
+            let Some(first) = jobs.blocking_recv() else {
+                break;
+            };
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Close => closing = true,
+                    Job::Write(op, reply) => {
+                        bytes += op_bytes(&op);
+                        group.push((op, reply));
+                    }
+                }
+                if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
+                    break;
+                }
+                next = jobs.try_recv().ok();
+            }
+            // Before the group, not after the previous one: a checkpoint belongs to
+            // no write, and a fault in it must fail the writes still to come, never
+            // be mistaken for the failure of writes already acknowledged.
+            if self.checkpoint_due() {
+                self.checkpoint();
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+        }
+        if self.dirty && self.shared.failure.get().is_none() {
+            self.checkpoint();
+        }
+        jobs.close();
+        // Writes that raced with Close are refused, never silently dropped.
+        while let Ok(job) = jobs.try_recv() {
+            if let Job::Write(_, reply) = job {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+    }
+
+    /// Commits one group and answers its writers: each gets its outcome once
+    /// the group is durable, or everyone gets an error.
+    fn commit(&mut self, group: Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>)>) {
+        let answers = match self.shared.failure.get() {
+            Some(failure) => Err(failure.clone()),
+            None => {
+                let committing = Instant::now();
+                let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
+                let result = self.commit_ops(&ops);
+                match result {
+                    Ok((outcomes, revision)) => {
+                        tracing::debug!(
+                            writes = ops.len(),
+                            micros = committing.elapsed().as_micros(),
+                            "group committed"
+                        );
+                        self.shared.revision.store(revision, Ordering::Release);
+                        Ok(outcomes)
+                    }
+                    Err(err) => Err(self.fail(&err, group.len())),
+                }
+            }
+        };
+        match answers {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(failure) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+                }
+            }
+        }
+    }
+
+    /// Applies `ops` in one transaction, makes their changes durable in the
+    /// log, then commits the transaction (no sync: the log holds them). Returns
+    /// each write's outcome and the last revision used. Any error fails the
+    /// whole group, and the store with it.
+    fn commit_ops(&mut self, ops: &[&WriteOp]) -> Result<(Vec<WriteOutcome>, u64), WriterError> {
+        let start = self.shared.revision.load(Ordering::Acquire);
+        let mut txn = self.db.begin_write().map_err(engine)?;
+        txn.set_durability(Durability::None).map_err(engine)?;
+        let (outcomes, changes) = apply_ops(&txn, ops, start).map_err(engine)?;
+        let Some(revision) = changes.last().map(Change::revision) else {
+            // Only refused writes: nothing to make durable.
+            txn.abort().map_err(engine)?;
+            return Ok((outcomes, start));
+        };
+        {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(REVISION, revision).map_err(engine)?;
+        }
+        let logging = Instant::now();
+        self.wal.append(&changes)?;
+        let logged = logging.elapsed();
+        txn.commit().map_err(engine)?;
+        tracing::debug!(
+            log_micros = logged.as_micros(),
+            commit_micros = (logging.elapsed() - logged).as_micros(),
+            "group logged"
+        );
+        self.dirty = true;
+        Ok((outcomes, revision))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.dirty
+            && self.shared.failure.get().is_none()
+            && (self.wal.bytes() >= self.checkpoint_bytes || self.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL)
+    }
+
+    /// Makes everything committed so far durable in the database itself, so
+    /// that the log can start over; fail-stops the store if it cannot.
+    fn checkpoint(&mut self) {
+        if let Err(err) = self.try_checkpoint() {
+            self.fail(&err, 0);
+        }
+    }
+
+    fn try_checkpoint(&mut self) -> Result<(), WriterError> {
+        let started = Instant::now();
+        let mut txn = self.db.begin_write().map_err(engine)?;
+        txn.set_two_phase_commit(self.two_phase);
+        // A change of its own, so that redb writes a new durable root however
+        // it treats an empty transaction.
+        let revision = self.shared.revision.load(Ordering::Acquire);
+        {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(CHECKPOINT, revision).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)?;
+        tracing::debug!(
+            revision,
+            log_bytes = self.wal.bytes(),
+            micros = started.elapsed().as_micros(),
+            "checkpoint"
+        );
+        self.wal.rewind();
+        self.checkpointed_at = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Fail-stops the store after a failed commit, log write or checkpoint;
+    /// returns the message every later write gets.
+    fn fail(&self, err: &WriterError, writes: usize) -> String {
+        tracing::error!(
+            cause = %err,
+            writes,
+            "commit failed; refusing all writes until kv-server is restarted"
+        );
+        self.shared
+            .failure
+            .get_or_init(|| format!("a commit failed ({err}); restart kv-server to recover"))
+            .clone()
+    }
+}
+
+fn op_bytes(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Put { key, value, .. } => key.len() + value.len(),
+        WriteOp::Delete { key, .. } => key.len(),
+    }
+}
+
+/// Applies a group in `txn`, in order, each write seeing the ones before it;
+/// returns each write's outcome and the changes made (with their revisions,
+/// consecutive from `start + 1`).
+fn apply_ops(
+    txn: &WriteTransaction,
+    ops: &[&WriteOp],
+    start: u64,
+) -> Result<(Vec<WriteOutcome>, Vec<Change>), ::redb::Error> {
+    let mut revision = start;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut changes = Vec::with_capacity(ops.len());
+    let mut data = txn.open_table(DATA)?;
+    for op in ops {
+        let key = match op {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
+        };
+        let current = data.get(key)?.map(|record| record::version(record.value()));
+        let outcome = match op {
+            WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
+                if !precondition.allows(current) =>
+            {
+                WriteOutcome::PreconditionFailed { current }
+            }
+            WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
+            WriteOp::Delete { key, .. } => {
+                revision += 1;
+                let change = Change::Delete {
+                    key: key.clone(),
+                    revision,
+                };
+                record::apply_change(&mut data, &change)?;
+                changes.push(change);
+                WriteOutcome::Deleted { revision }
+            }
+            WriteOp::Put {
+                key,
+                value,
+                content_type,
+                ..
+            } => {
+                revision += 1;
+                let change = Change::Put {
+                    key: key.clone(),
+                    revision,
+                    content_type: content_type.clone(),
+                    value: value.clone(),
+                };
+                record::apply_change(&mut data, &change)?;
+                changes.push(change);
+                WriteOutcome::Stored {
+                    revision,
+                    created: current.is_none(),
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, changes))
+}
