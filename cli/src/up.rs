@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_edge::units::parse_duration;
-use kv_proxy::config::{Listen, parse_listen};
+use kv_proxy::config::{Listen, defaults as proxy_defaults, parse_listen};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -15,23 +15,23 @@ use crate::error::CliError;
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Directory holding the database file; created if missing.
-    #[arg(long, env = "KV_DATA_DIR", default_value = "./kv-data")]
+    #[arg(long, env = "KV_DATA_DIR", default_value = kv_server::config::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// Where the proxy serves HTTP: the address clients use.
-    #[arg(long, env = "KV_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "KV_PROXY_LISTEN", default_value = proxy_defaults::LISTEN)]
     pub listen: SocketAddr,
 
     /// Where the server serves HTTP (behind the proxy).
-    #[arg(long, env = "KV_SERVER_LISTEN", default_value = "127.0.0.1:7000")]
+    #[arg(long, env = "KV_SERVER_LISTEN", default_value = kv_server::config::defaults::LISTEN)]
     pub server_listen: SocketAddr,
 
     /// Where the telnet line protocol listens, or "off".
-    #[arg(long, env = "KV_TELNET_LISTEN", default_value = "127.0.0.1:2323", value_parser = parse_listen)]
+    #[arg(long, env = "KV_TELNET_LISTEN", default_value = proxy_defaults::TELNET_LISTEN, value_parser = parse_listen)]
     pub telnet_listen: Listen,
 
     /// How long the proxy serves a cached GET before asking the server again.
-    #[arg(long, env = "KV_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "KV_CACHE_TTL", default_value = proxy_defaults::CACHE_TTL, value_parser = parse_duration)]
     pub cache_ttl: Duration,
 
     #[command(flatten)]

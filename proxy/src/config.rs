@@ -6,9 +6,23 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use kv_edge::auth::AuthArgs;
-use kv_edge::limits::HttpLimits;
+use kv_edge::limits::{self, HttpLimits};
 use kv_edge::tls::TlsArgs;
 use kv_edge::units::{parse_duration, parse_size};
+
+/// The defaults of kv-proxy's own flags; `kv up` uses them too.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const UPSTREAM: &str = "http://127.0.0.1:7000";
+    pub const TELNET_LISTEN: &str = "127.0.0.1:2323";
+    pub const CACHE_TTL: &str = "60s";
+    pub const CACHE_MAX_BYTES: &str = "256MiB";
+    pub const UPSTREAM_TIMEOUT: &str = "5s";
+    /// Room for a 1 MiB value written entirely in `\xHH` escapes.
+    pub const TELNET_MAX_LINE: &str = "4100KiB";
+    pub const TELNET_IDLE_TIMEOUT: &str = "5m";
+    pub const TELNET_MAX_CONNECTIONS: usize = 1024;
+}
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
 ///
@@ -19,11 +33,11 @@ use kv_edge::units::{parse_duration, parse_size};
 #[command(name = "kv-proxy", version, max_term_width = 100)]
 pub struct Config {
     /// Address and port to serve HTTP on.
-    #[arg(long, env = "KV_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "KV_PROXY_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
 
     /// Base URL of the kv-server to forward to: http:// or https://.
-    #[arg(long, env = "KV_UPSTREAM", default_value = "http://127.0.0.1:7000")]
+    #[arg(long, env = "KV_UPSTREAM", default_value = defaults::UPSTREAM)]
     pub upstream: String,
 
     /// A PEM file of CA certificates to trust for an https:// upstream, in
@@ -33,19 +47,19 @@ pub struct Config {
     pub upstream_ca_file: Option<PathBuf>,
 
     /// Address and port for the telnet line protocol (PUT/GET/DEL/DUMP), or "off".
-    #[arg(long, env = "KV_TELNET_LISTEN", default_value = "127.0.0.1:2323", value_parser = parse_listen)]
+    #[arg(long, env = "KV_TELNET_LISTEN", default_value = defaults::TELNET_LISTEN, value_parser = parse_listen)]
     pub telnet_listen: Listen,
 
     /// How long a cached GET stays fresh, like 500ms, 2s or 1m.
-    #[arg(long, env = "KV_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "KV_CACHE_TTL", default_value = defaults::CACHE_TTL, value_parser = parse_duration)]
     pub cache_ttl: Duration,
 
     /// Memory the cache may use, counting keys, values and headers, like 64MiB.
-    #[arg(long, env = "KV_CACHE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "KV_CACHE_MAX_BYTES", default_value = defaults::CACHE_MAX_BYTES, value_parser = parse_size)]
     pub cache_max_bytes: u64,
 
     /// How long to wait for the upstream before answering 504.
-    #[arg(long, env = "KV_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "KV_UPSTREAM_TIMEOUT", default_value = defaults::UPSTREAM_TIMEOUT, value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
     /// When the upstream fails, serve an entry that expired less than this long
@@ -54,7 +68,7 @@ pub struct Config {
     pub stale_if_error: Duration,
 
     /// The largest value a PUT may carry (the server has its own limit too).
-    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = limits::defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
     pub max_value_bytes: u64,
 
     /// Test hook: wait this long between reading a miss from the upstream and
@@ -85,24 +99,24 @@ pub struct Config {
 pub struct TelnetLimits {
     /// The longest command line, in bytes. The default leaves room for a 1 MiB
     /// value written entirely in \xHH escapes.
-    #[arg(long, env = "KV_TELNET_MAX_LINE", default_value = "4100KiB", value_parser = parse_size)]
+    #[arg(long, env = "KV_TELNET_MAX_LINE", default_value = defaults::TELNET_MAX_LINE, value_parser = parse_size)]
     pub telnet_max_line: u64,
 
     /// Close a telnet connection that sends nothing for this long.
-    #[arg(long, env = "KV_TELNET_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "KV_TELNET_IDLE_TIMEOUT", default_value = defaults::TELNET_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub telnet_idle_timeout: Duration,
 
     /// The most telnet connections at once; more are told so and closed.
-    #[arg(long, env = "KV_TELNET_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "KV_TELNET_MAX_CONNECTIONS", default_value_t = defaults::TELNET_MAX_CONNECTIONS)]
     pub telnet_max_connections: usize,
 }
 
 impl Default for TelnetLimits {
     fn default() -> Self {
         Self {
-            telnet_max_line: 4100 << 10,
-            telnet_idle_timeout: Duration::from_secs(300),
-            telnet_max_connections: 1024,
+            telnet_max_line: limits::defaults::parse(defaults::TELNET_MAX_LINE, parse_size),
+            telnet_idle_timeout: limits::defaults::parse(defaults::TELNET_IDLE_TIMEOUT, parse_duration),
+            telnet_max_connections: defaults::TELNET_MAX_CONNECTIONS,
         }
     }
 }
@@ -128,15 +142,15 @@ impl Config {
     /// The defaults, for embedding (`kv up`) and tests.
     pub fn with_upstream(upstream: String) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: limits::defaults::parse(defaults::LISTEN, |text| text.parse().map_err(|e| format!("{e}"))),
             upstream,
             upstream_ca_file: None,
-            telnet_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 2323))),
-            cache_ttl: Duration::from_secs(60),
-            cache_max_bytes: 256 << 20,
-            upstream_timeout: Duration::from_secs(5),
+            telnet_listen: limits::defaults::parse(defaults::TELNET_LISTEN, parse_listen),
+            cache_ttl: limits::defaults::parse(defaults::CACHE_TTL, parse_duration),
+            cache_max_bytes: limits::defaults::parse(defaults::CACHE_MAX_BYTES, parse_size),
+            upstream_timeout: limits::defaults::parse(defaults::UPSTREAM_TIMEOUT, parse_duration),
             stale_if_error: Duration::ZERO,
-            max_value_bytes: 1 << 20,
+            max_value_bytes: limits::defaults::parse(limits::defaults::MAX_VALUE_BYTES, parse_size),
             debug_fill_delay: Duration::ZERO,
             telnet: TelnetLimits::default(),
             upstream_token_file: None,
@@ -144,5 +158,19 @@ impl Config {
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_the_command_lines() {
+        let parsed = Config::try_parse_from(["kv-proxy"]).expect("no flags parse");
+        let built = Config::with_upstream(defaults::UPSTREAM.to_owned());
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
     }
 }

@@ -75,6 +75,20 @@ impl ProxyServer {
         })
     }
 
+    /// The HTTP router alone, for tests that drive it without a socket.
+    pub fn router(&self) -> axum::Router {
+        http::app(self.state(), self.config.http.request_timeout)
+    }
+
+    fn state(&self) -> http::ProxyState {
+        http::ProxyState {
+            proxy: self.proxy.clone(),
+            metrics: self.metrics.clone(),
+            max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
+            token: self.token.clone(),
+        }
+    }
+
     /// Serves HTTP (and telnet, when given a listener) until `shutdown` resolves.
     pub async fn serve(self, http: TcpListener, telnet: Option<TcpListener>, shutdown: impl Future<Output = ()>) {
         let addr = http.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
@@ -99,12 +113,7 @@ impl ProxyServer {
             };
             tokio::spawn(telnet::serve(listener, shared, cancel.clone()))
         });
-        let state = http::ProxyState {
-            proxy: self.proxy.clone(),
-            metrics: self.metrics.clone(),
-            max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
-            token: self.token.clone(),
-        };
+        let state = self.state();
         let hits = http::Hits::new(&state);
         let app = http::app(state, self.config.http.request_timeout);
         let stop = async {

@@ -4,9 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use kv_edge::auth::AuthArgs;
-use kv_edge::limits::HttpLimits;
+use kv_edge::limits::{self, HttpLimits};
 use kv_edge::tls::TlsArgs;
 use kv_edge::units::parse_size;
+
+/// The defaults of kv-server's own flags; `kv up` uses them too.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:7000";
+    pub const DATA_DIR: &str = "./kv-data";
+}
 
 /// kv-server: a durable key-value store over HTTP.
 ///
@@ -18,16 +24,16 @@ use kv_edge::units::parse_size;
 pub struct Config {
     /// Address and port to serve HTTP on. Loopback by default; any other
     /// address needs --token-file (or KV_TOKEN), or --insecure.
-    #[arg(long, env = "KV_SERVER_LISTEN", default_value = "127.0.0.1:7000")]
+    #[arg(long, env = "KV_SERVER_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
 
     /// Directory holding the database (kv.redb) and its write-ahead log (kv.wal); created if missing.
     /// Only one kv-server may use a directory at a time.
-    #[arg(long, env = "KV_DATA_DIR", default_value = "./kv-data")]
+    #[arg(long, env = "KV_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// The largest value a PUT may store, like 64KiB or 1MiB.
-    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = limits::defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
     pub max_value_bytes: u64,
 
     /// Memory for the storage engine's page cache, like 2GiB. By default a
@@ -60,9 +66,9 @@ impl Config {
     /// The defaults, for embedding (`kv up`) and tests.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            listen: limits::defaults::parse(defaults::LISTEN, |text| text.parse().map_err(|e| format!("{e}"))),
             data_dir,
-            max_value_bytes: 1 << 20,
+            max_value_bytes: limits::defaults::parse(limits::defaults::MAX_VALUE_BYTES, parse_size),
             store_cache: None,
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
@@ -83,4 +89,18 @@ fn physical_memory() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_the_command_lines() {
+        let parsed = Config::try_parse_from(["kv-server"]).expect("no flags parse");
+        let built = Config::with_data_dir(PathBuf::from(defaults::DATA_DIR));
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
 }

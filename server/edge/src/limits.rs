@@ -8,29 +8,45 @@ use kv_api::{ApiError, ErrorCode};
 
 use crate::units::parse_duration;
 
+/// The defaults of the flags both programs take, each written once: clap
+/// shows and parses these strings, and `Default` impls parse the same ones.
+pub mod defaults {
+    pub const HEADER_READ_TIMEOUT: &str = "30s";
+    pub const REQUEST_TIMEOUT: &str = "60s";
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// `--max-value-bytes`, on the server and the proxy alike.
+    pub const MAX_VALUE_BYTES: &str = "1MiB";
+
+    /// Parses a default for a `Default` impl; a default that does not parse
+    /// is a bug caught by the first test that builds a config.
+    pub fn parse<T>(text: &str, parser: fn(&str) -> Result<T, String>) -> T {
+        parser(text).unwrap_or_else(|err| panic!("the default {text:?} does not parse: {err}"))
+    }
+}
+
 /// Limits on HTTP connections, shared by kv-server and kv-proxy.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpLimits {
     /// Close a connection whose request head (request line and headers) has
     /// not fully arrived within this time.
-    #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT, value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Answer 408 when a request body takes longer than this to arrive.
-    #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// The most HTTP connections open at once; more are answered 503 and closed.
-    #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(60),
-            max_connections: 4096,
+            header_read_timeout: defaults::parse(defaults::HEADER_READ_TIMEOUT, parse_duration),
+            request_timeout: defaults::parse(defaults::REQUEST_TIMEOUT, parse_duration),
+            max_connections: defaults::MAX_CONNECTIONS,
         }
     }
 }

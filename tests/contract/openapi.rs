@@ -1,7 +1,8 @@
-//! `openapi.yaml` against the real router: the document must parse as OpenAPI
-//! 3.x, every documented path and method must be routed (and nothing else on
-//! those paths), and the statuses, media types and JSON bodies the router
-//! actually answers with must be the ones the document lists.
+//! `openapi.yaml` against the real routers of kv-server and kv-proxy: the
+//! document must parse as OpenAPI 3.x, every documented path and method must
+//! be routed by both programs (and nothing else on those paths), the statuses,
+//! media types and JSON bodies they actually answer with must be the ones the
+//! document lists, and its error codes must be `kv-api`'s.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -85,14 +86,26 @@ fn concrete_path(template: &str) -> String {
 }
 
 /// The router on a fresh store, as kv-server builds it.
+/// The router under test: kv-server's over a store in a temporary
+/// directory, or kv-proxy's in front of that server (served on a loopback
+/// port, since the proxy speaks HTTP to its upstream).
 struct Harness {
     router: Router,
     store: RedbStore,
+    upstream: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    Server,
+    Proxy,
+}
+
+const PROGRAMS: [Program; 2] = [Program::Server, Program::Proxy];
+
 impl Harness {
-    fn new() -> Self {
+    async fn new(program: Program) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let options = RedbOptions {
             cache_bytes: 4 << 20,
@@ -105,9 +118,24 @@ impl Harness {
             max_value_bytes: MAX_VALUE_BYTES,
             token: None,
         };
+        let server = app(state, Duration::from_secs(30));
+        let (router, upstream) = match program {
+            Program::Server => (server, None),
+            Program::Proxy => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+                let addr = listener.local_addr().expect("an address");
+                let upstream = tokio::spawn(async move {
+                    axum::serve(listener, server).await.expect("the server serves");
+                });
+                let config = kv_proxy::Config::with_upstream(format!("http://{addr}"));
+                let proxy = kv_proxy::ProxyServer::new(config).expect("the proxy builds");
+                (proxy.router(), Some(upstream))
+            }
+        };
         Self {
-            router: app(state, Duration::from_secs(30)),
+            router,
             store,
+            upstream,
             _dir: dir,
         }
     }
@@ -125,6 +153,9 @@ impl Harness {
     }
 
     async fn close(self) {
+        if let Some(upstream) = self.upstream {
+            upstream.abort();
+        }
         self.store.close().await;
     }
 }
@@ -190,8 +221,15 @@ fn the_document_is_openapi_3_and_every_operation_has_responses() {
 
 #[tokio::test]
 async fn every_documented_operation_is_routed_and_nothing_else() {
+    for program in PROGRAMS {
+        eprintln!("{program:?}");
+        routed_exactly_as_documented(program).await;
+    }
+}
+
+async fn routed_exactly_as_documented(program: Program) {
     let spec = spec();
-    let harness = Harness::new();
+    let harness = Harness::new(program).await;
     let operations = operations(&spec);
 
     for (template, method) in &operations {
@@ -261,6 +299,22 @@ async fn every_documented_operation_is_routed_and_nothing_else() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body).as_deref(), Some("no_route"));
     harness.close().await;
+}
+
+#[test]
+fn the_error_codes_are_kv_apis() {
+    let spec = spec();
+    let documented: Vec<&str> = spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+        .as_sequence()
+        .expect("the Error schema lists its codes as an enum")
+        .iter()
+        .map(|code| code.as_str().expect("a code is a string"))
+        .collect();
+    let defined: Vec<&str> = kv_api::ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+    assert_eq!(
+        documented, defined,
+        "openapi.yaml's error codes against kv_api::ErrorCode::ALL"
+    );
 }
 
 /// Checks one real response against the document: its status is listed for
@@ -391,8 +445,15 @@ fn header_is(response: &Response<()>, name: header::HeaderName, expected: &str) 
 
 #[tokio::test]
 async fn real_responses_are_the_documented_ones() {
+    for program in PROGRAMS {
+        eprintln!("{program:?}");
+        answers_as_documented(program).await;
+    }
+}
+
+async fn answers_as_documented(program: Program) {
     let spec = spec();
-    let harness = Harness::new();
+    let harness = Harness::new(program).await;
     let key_path = format!("/kv/{SAMPLE_KEY}");
     let kv = "/kv/{key}";
 
@@ -569,7 +630,10 @@ async fn real_responses_are_the_documented_ones() {
     conforms(&spec, "/healthz", &Method::GET, &response, &body);
     let health: Json = serde_json::from_slice(&body).unwrap();
     assert_eq!(health["status"], "ok");
-    assert!(health["revision"].is_u64(), "kv-server's health has its revision");
+    match program {
+        Program::Server => assert!(health["revision"].is_u64(), "kv-server's health has its revision"),
+        Program::Proxy => assert_eq!(health["upstream"], "ok", "kv-proxy's health says its upstream is ok"),
+    }
 
     let (response, body) = harness.send(request(&Method::GET, "/metrics")).await;
     assert_eq!(response.status(), StatusCode::OK);
