@@ -335,3 +335,73 @@ impl Proxy {
         Self::launch(upstream, args, "https")
     }
 }
+
+/// A header of an answer, if it has one (as text).
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().expect("an ASCII header").to_owned())
+}
+
+/// Asserts an error answer: `status`, JSON, a message for a person; returns its code.
+pub async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status, "{response:?}");
+    assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
+    let body = response.bytes().await.expect("a body");
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    assert!(
+        !json["message"].as_str().expect("a message").is_empty(),
+        "an empty message: {json}"
+    );
+    json["error"].as_str().expect("an error code").to_owned()
+}
+
+/// What a raw HTTP/1.1 exchange got back: everything the server sent before
+/// it closed (or 10 s passed), cut into status, head and body.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status of the first answer; 0 when nothing (or no status line) came.
+    pub status: u16,
+    /// The whole answer as text (lossy), head and body.
+    pub text: String,
+    /// The bytes after the first blank line.
+    pub body: Vec<u8>,
+    /// Whether the server closed the connection within the 10 s.
+    pub closed: bool,
+}
+
+impl RawAnswer {
+    /// The JSON error code of the body, if it is an error body.
+    pub fn error_code(&self) -> Option<String> {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        json["error"].as_str().map(str::to_owned)
+    }
+}
+
+/// Sends `request` as it is over a new connection and reads until the server
+/// closes it: for what a client library would hide (malformed heads,
+/// smuggling, trickled bodies). The request should ask to close.
+pub async fn raw_http(addr: impl tokio::net::ToSocketAddrs, request: &[u8]) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send the request");
+    let mut answer = Vec::new();
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await,
+        Ok(Ok(_))
+    );
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(Vec::new(), |at| answer[at + 4..].to_vec());
+    RawAnswer {
+        status,
+        text,
+        body,
+        closed,
+    }
+}

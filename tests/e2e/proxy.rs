@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use kv_tests::{Proxy, Server, client, metric, unused_addr};
+use kv_tests::{Proxy, Server, client, error_code, header, metric, unused_addr};
 use reqwest::{Client, Response};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -14,13 +14,6 @@ fn server_and_proxy(args: &[&str]) -> (Server, Proxy) {
     let server = Server::start();
     let proxy = Proxy::start(&server.url, args);
     (server, proxy)
-}
-
-fn header(response: &Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().expect("ASCII header").to_owned())
 }
 
 fn x_cache(response: &Response) -> String {
@@ -39,14 +32,6 @@ async fn get(http: &Client, url: &str) -> (String, String) {
     assert_eq!(response.status(), 200, "GET {url}");
     let cache = x_cache(&response);
     (cache, response.text().await.unwrap())
-}
-
-async fn error_code(response: Response, status: u16) -> String {
-    assert_eq!(response.status(), status, "{response:?}");
-    assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
-    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    assert!(!body["message"].as_str().unwrap().is_empty());
-    body["error"].as_str().unwrap().to_owned()
 }
 
 async fn metrics(http: &Client, base: &str) -> String {

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_tests::{Proxy, Server, client};
+use kv_tests::{Proxy, Server, client, raw_http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -157,19 +157,10 @@ async fn a_slow_fill_cannot_put_an_old_value_back_after_a_write() {
     assert_eq!(stale, 0);
 }
 
-/// Sends one raw HTTP/1.1 request and returns (status, body).
+/// One raw exchange: (status, body).
 async fn raw(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(Vec::new(), |at| response[at + 4..].to_vec());
-    (status, body)
+    let answer = raw_http(addr, request).await;
+    (answer.status, answer.body)
 }
 
 fn get(path: &str) -> Vec<u8> {

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use kv_tests::{Proxy, Server, bin, client};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use kv_tests::{Proxy, Server, bin, client, raw_http};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const TOKEN: &str = "correct-horse-battery";
@@ -129,25 +129,6 @@ async fn the_cli_sends_kv_token_and_exits_4_without_it() {
     assert!(String::from_utf8_lossy(&denied.stderr).starts_with("kv: "));
 }
 
-/// Sends one raw HTTP/1.1 request head (which asks to close) and returns the
-/// status and the JSON error code of the answer, if it has one.
-async fn raw_exchange(addr: &str, request: &[u8]) -> (u16, Option<String>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("the answer came and the connection was closed within 10 s")
-        .expect("the connection was closed cleanly, not reset");
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let code = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
-        .and_then(|body| body["error"].as_str().map(str::to_owned));
-    (status, code)
-}
-
 /// A GET of `target` with `Host`, `Connection: close` and then `headers`.
 fn head(target: &str, headers: &[(String, String)]) -> Vec<u8> {
     let mut head = format!("GET {target} HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n");
@@ -236,7 +217,12 @@ async fn overlong_targets_and_header_lines_are_refused_with_414_and_431() {
         let addr = url.trim_start_matches("http://");
         let mut statuses = Vec::new();
         for (what, request, status, code) in &cases {
-            let answer = raw_exchange(addr, request).await;
+            let answer = raw_http(addr, request).await;
+            assert!(
+                answer.closed,
+                "{name}, {what}: the connection was not closed within 10 s"
+            );
+            let answer = (answer.status, answer.error_code());
             assert_eq!(answer, (*status, code.map(str::to_owned)), "{name}, {what}");
             statuses.push(answer.0);
             let health = http.get(format!("{url}/healthz")).send().await.unwrap();

@@ -4,23 +4,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kv_tests::{Server, bin, client, metric};
+use kv_tests::{Server, bin, client, error_code, header, metric, raw_http};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
 
-fn header(response: &Response, name: &str) -> String {
-    let value = response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header in {response:?}"));
-    value.to_str().expect("ASCII header").to_owned()
-}
-
 fn revision(response: &Response) -> u64 {
     header(response, "x-kv-revision")
+        .expect("X-Kv-Revision")
         .parse()
         .expect("X-Kv-Revision is a number")
 }
@@ -28,16 +20,6 @@ fn revision(response: &Response) -> u64 {
 async fn json(response: Response) -> Value {
     let body = response.bytes().await.expect("body");
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
-}
-
-/// Asserts the JSON error body every failure carries, and returns its code.
-async fn error_code(response: Response, status: u16) -> String {
-    assert_eq!(response.status(), status, "{response:?}");
-    assert_eq!(header(&response, "content-type"), "application/json");
-    let body = json(response).await;
-    let message = body["message"].as_str().expect("a message");
-    assert!(!message.is_empty());
-    body["error"].as_str().expect("an error code").to_owned()
 }
 
 async fn put(http: &Client, url: &str, value: impl Into<reqwest::Body>) -> Response {
@@ -71,9 +53,12 @@ async fn put_creates_with_201_and_replaces_with_200() {
     let created = put(&http, &url, "Derek Moss").await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let first = revision(&created);
-    assert_eq!(header(&created, "etag"), format!("\"{first}\""));
-    assert_eq!(header(&created, "location"), "/kv/name");
-    assert_eq!(header(&created, "content-type"), "application/json");
+    assert_eq!(header(&created, "etag").expect("etag"), format!("\"{first}\""));
+    assert_eq!(header(&created, "location").expect("location"), "/kv/name");
+    assert_eq!(
+        header(&created, "content-type").expect("content-type"),
+        "application/json"
+    );
     assert_eq!(
         json(created).await,
         serde_json::json!({"key": "name", "version": first})
@@ -83,7 +68,7 @@ async fn put_creates_with_201_and_replaces_with_200() {
     assert_eq!(replaced.status(), StatusCode::OK);
     let second = revision(&replaced);
     assert!(second > first, "{second} > {first}");
-    assert_eq!(header(&replaced, "etag"), format!("\"{second}\""));
+    assert_eq!(header(&replaced, "etag").expect("etag"), format!("\"{second}\""));
     assert!(replaced.headers().get("location").is_none(), "Location only on 201");
     assert_eq!(
         json(replaced).await,
@@ -104,18 +89,24 @@ async fn get_returns_the_stored_content_type_and_etag() {
         .send()
         .await
         .unwrap();
-    let etag = header(&stored, "etag");
+    let etag = header(&stored, "etag").expect("etag");
 
     let get = http.get(&url).send().await.unwrap();
     assert_eq!(get.status(), 200);
-    assert_eq!(header(&get, "content-type"), "application/json; charset=utf-8");
-    assert_eq!(header(&get, "etag"), etag);
+    assert_eq!(
+        header(&get, "content-type").expect("content-type"),
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(header(&get, "etag").expect("etag"), etag);
     assert_eq!(get.text().await.unwrap(), r#"{"a":1}"#);
 
     let untyped = format!("{}/kv/raw", server.url);
     put(&http, &untyped, "bytes").await;
     let get = http.get(&untyped).send().await.unwrap();
-    assert_eq!(header(&get, "content-type"), "application/octet-stream");
+    assert_eq!(
+        header(&get, "content-type").expect("content-type"),
+        "application/octet-stream"
+    );
 }
 
 #[tokio::test]
@@ -148,14 +139,15 @@ async fn head_answers_like_get_without_a_body() {
             .await
             .unwrap(),
         "etag",
-    );
+    )
+    .expect("etag");
 
     let head = http.head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(header(&head, "etag"), etag);
-    assert_eq!(header(&head, "content-type"), "text/plain");
+    assert_eq!(header(&head, "etag").expect("etag"), etag);
+    assert_eq!(header(&head, "content-type").expect("content-type"), "text/plain");
     assert_eq!(
-        header(&head, "content-length"),
+        header(&head, "content-length").expect("content-length"),
         "10",
         "the length of the value a GET would send"
     );
@@ -170,11 +162,11 @@ async fn if_none_match_with_the_current_etag_gives_304() {
     let server = Server::start();
     let http = client();
     let url = format!("{}/kv/name", server.url);
-    let etag = header(&put(&http, &url, "Derek Moss").await, "etag");
+    let etag = header(&put(&http, &url, "Derek Moss").await, "etag").expect("etag");
 
     let cached = http.get(&url).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(header(&cached, "etag"), etag);
+    assert_eq!(header(&cached, "etag").expect("etag"), etag);
     assert!(cached.bytes().await.unwrap().is_empty());
 
     let other = http
@@ -207,11 +199,11 @@ async fn if_match_writes_only_over_the_named_version() {
     let server = Server::start();
     let http = client();
     let url = format!("{}/kv/counter", server.url);
-    let v1 = header(&put(&http, &url, "1").await, "etag");
+    let v1 = header(&put(&http, &url, "1").await, "etag").expect("etag");
 
     let ok = http.put(&url).header("if-match", &v1).body("2").send().await.unwrap();
     assert_eq!(ok.status(), 200);
-    let v2 = header(&ok, "etag");
+    let v2 = header(&ok, "etag").expect("etag");
     assert_ne!(v1, v2);
 
     // A second writer still holding v1 loses.
@@ -276,7 +268,7 @@ async fn delete_honours_if_match() {
     let server = Server::start();
     let http = client();
     let url = format!("{}/kv/name", server.url);
-    let etag = header(&put(&http, &url, "Derek Moss").await, "etag");
+    let etag = header(&put(&http, &url, "Derek Moss").await, "etag").expect("etag");
 
     let wrong = http.delete(&url).header("if-match", "\"999999\"").send().await.unwrap();
     assert_eq!(error_code(wrong, 412).await, "precondition_failed");
@@ -373,9 +365,10 @@ async fn malformed_keys_are_refused_with_400() {
     // URL libraries resolve `..` (even as %2e%2e) before sending, so this one goes raw.
     let answer = raw_http(
         server.addr,
-        "GET /kv/a/%2e%2e/b HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n",
+        "GET /kv/a/%2e%2e/b HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n".as_bytes(),
     )
-    .await;
+    .await
+    .text;
     assert!(
         answer.starts_with("HTTP/1.1 400") && answer.contains(r#""error":"bad_key""#),
         "{answer}"
@@ -443,7 +436,7 @@ async fn a_1_mib_value_is_accepted_and_one_byte_more_is_413() {
         "PUT /kv/sized-big HTTP/1.1\r\nHost: kv\r\nContent-Length: {}\r\n\r\n",
         MIB + 1
     );
-    let answer = raw_http(server.addr, &head).await;
+    let answer = raw_http(server.addr, head.as_bytes()).await.text;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""error":"value_too_large""#), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
@@ -472,18 +465,6 @@ async fn a_1_mib_value_is_accepted_and_one_byte_more_is_413() {
     }
 }
 
-/// Sends one raw HTTP/1.1 request and returns the whole answer as text.
-async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 /// A body that stops arriving halfway is answered 408 at `--request-timeout`,
 /// and nothing is stored.
 #[tokio::test]
@@ -492,9 +473,10 @@ async fn a_body_that_stops_arriving_is_408_and_not_stored() {
     let started = Instant::now();
     let answer = raw_http(
         server.addr,
-        "PUT /kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Length: 10\r\n\r\nabc",
+        "PUT /kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Length: 10\r\n\r\nabc".as_bytes(),
     )
-    .await;
+    .await
+    .text;
     let waited = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
@@ -509,9 +491,10 @@ async fn a_put_without_content_length_is_411() {
     let server = Server::start();
     let answer = raw_http(
         server.addr,
-        "PUT /kv/x HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n",
+        "PUT /kv/x HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n".as_bytes(),
     )
-    .await;
+    .await
+    .text;
     assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
     assert!(answer.contains(r#""error":"length_required""#), "{answer}");
     let get = client().get(format!("{}/kv/x", server.url)).send().await.unwrap();
@@ -637,7 +620,10 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
 async fn dump_page(http: &Client, url: &str) -> (Vec<Value>, Option<String>) {
     let response = http.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "GET {url}");
-    assert_eq!(header(&response, "content-type"), "application/json");
+    assert_eq!(
+        header(&response, "content-type").expect("content-type"),
+        "application/json"
+    );
     let page = json(response).await;
     let items = page["items"].as_array().unwrap().clone();
     (items, page["next"].as_str().map(str::to_owned))
@@ -748,7 +734,10 @@ async fn dump_as_text_gives_one_quoted_line_per_pair() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(
+        header(&response, "content-type").expect("content-type"),
+        "text/plain; charset=utf-8"
+    );
     assert_eq!(
         response.text().await.unwrap(),
         "multi \"two\\nlines\"\n\"my key\" v\nname Derek Moss\n"
@@ -802,9 +791,19 @@ async fn dump_as_html_escapes_keys_and_values() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "content-type"), "text/html; charset=utf-8");
-    assert!(header(&response, "content-security-policy").contains("default-src 'none'"));
-    assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    assert_eq!(
+        header(&response, "content-type").expect("content-type"),
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        header(&response, "content-security-policy")
+            .expect("content-security-policy")
+            .contains("default-src 'none'")
+    );
+    assert_eq!(
+        header(&response, "x-content-type-options").expect("x-content-type-options"),
+        "nosniff"
+    );
     let page = response.text().await.unwrap();
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
     assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
@@ -849,7 +848,10 @@ async fn ndjson_dump_streams_100k_keys_in_order() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+    assert_eq!(
+        header(&response, "content-type").expect("content-type"),
+        "application/x-ndjson"
+    );
     assert!(
         response.headers().get("content-length").is_none(),
         "streamed, not buffered"
@@ -888,7 +890,11 @@ async fn healthz_metrics_and_openapi_are_served() {
 
     let metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(header(&metrics, "content-type").starts_with("text/plain"));
+    assert!(
+        header(&metrics, "content-type")
+            .expect("content-type")
+            .starts_with("text/plain")
+    );
     let text = metrics.text().await.unwrap();
     assert!(text.contains("kv_server_http_requests"), "{text}");
     assert!(text.contains("kv_server_http_request_duration_seconds"), "{text}");
@@ -900,7 +906,10 @@ async fn healthz_metrics_and_openapi_are_served() {
 
     let openapi = http.get(format!("{}/openapi.yaml", server.url)).send().await.unwrap();
     assert_eq!(openapi.status(), 200);
-    assert_eq!(header(&openapi, "content-type"), "application/yaml");
+    assert_eq!(
+        header(&openapi, "content-type").expect("content-type"),
+        "application/yaml"
+    );
     let document = openapi.text().await.unwrap();
     assert!(
         document.starts_with("openapi: 3"),
