@@ -140,12 +140,15 @@ async fn delete_key(
 }
 
 /// DUMP is never cached: the upstream's answer streams through as it comes.
+/// DUMP is passed through, never cached; the upstream is asked with a query
+/// rebuilt from the parsed one, so what reaches the server is what the proxy
+/// understood.
 async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
-    let path_and_query = request.uri().path_and_query().map_or("/kv", |p| p.as_str());
+    let query = kv_api::dump::Query::parse(request.uri().query())?;
     let upstream = state
         .proxy
         .forward
-        .stream(path_and_query, request.headers().get(header::ACCEPT))
+        .stream(&query.path_and_query(), request.headers().get(header::ACCEPT))
         .await?;
     let status = upstream.status();
     let headers = crate::forward::Forward::passed_headers(upstream.headers());

@@ -5,7 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::quote;
+use crate::error::ApiError;
+use crate::{key, quote};
 
 /// One stored pair, as every read returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,80 @@ pub struct Entry {
 /// The default and largest page of a JSON or HTML DUMP.
 pub const DEFAULT_PAGE: usize = 1000;
 pub const MAX_PAGE: usize = 10_000;
+
+/// The query of a DUMP, `GET /kv?prefix=&limit=&after=&keys_only=`, parsed
+/// and checked. The proxy forwards the query it rebuilds from this, never
+/// the raw string it received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pub prefix: String,
+    /// At most [`MAX_PAGE`]; `None` for the default page (JSON, HTML) or
+    /// everything (NDJSON, text).
+    pub limit: Option<usize>,
+    /// The page cursor: start strictly after this key.
+    pub after: Option<String>,
+    pub keys_only: bool,
+}
+
+impl Query {
+    /// Parses a raw query string (without the `?`).
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            prefix: Option<String>,
+            limit: Option<String>,
+            after: Option<String>,
+            keys_only: Option<String>,
+        }
+        let raw: Raw = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|err| ApiError::bad_request(format!("the query string is malformed: {err}")))?;
+        let limit = match raw.limit.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Some(n),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be a whole number from 1 to {MAX_PAGE}"
+                    )));
+                }
+            },
+        };
+        let keys_only = match raw.keys_only.as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1" | "") => true,
+            Some(_) => return Err(ApiError::bad_request("keys_only must be true or false")),
+        };
+        Ok(Self {
+            prefix: raw.prefix.unwrap_or_default(),
+            limit,
+            after: raw.after,
+            keys_only,
+        })
+    }
+
+    /// The path and query that ask for this DUMP, every part encoded as kv
+    /// encodes it.
+    pub fn path_and_query(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.prefix.is_empty() {
+            parts.push(format!("prefix={}", key::encode_query_component(&self.prefix)));
+        }
+        if let Some(limit) = self.limit {
+            parts.push(format!("limit={limit}"));
+        }
+        if let Some(after) = &self.after {
+            parts.push(format!("after={}", key::encode_query_component(after)));
+        }
+        if self.keys_only {
+            parts.push("keys_only=true".to_owned());
+        }
+        if parts.is_empty() {
+            "/kv".to_owned()
+        } else {
+            format!("/kv?{}", parts.join("&"))
+        }
+    }
+}
 
 /// The content type stored when a PUT names none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -172,6 +247,22 @@ mod tests {
             content_type: DEFAULT_CONTENT_TYPE.into(),
             version: 7,
         }
+    }
+
+    #[test]
+    fn a_query_is_rebuilt_from_what_it_means() {
+        let query = Query::parse(Some("prefix=a%2Fb%20c&limit=5&after=a%2Fb%20c%2F1&keys_only=1&junk=x")).unwrap();
+        assert_eq!(query.prefix, "a/b c");
+        assert_eq!(query.after.as_deref(), Some("a/b c/1"));
+        assert_eq!(
+            query.path_and_query(),
+            "/kv?prefix=a%2Fb%20c&limit=5&after=a%2Fb%20c%2F1&keys_only=true"
+        );
+        assert_eq!(Query::parse(Some(&query.path_and_query()[4..])).unwrap(), query);
+        assert_eq!(Query::parse(None).unwrap().path_and_query(), "/kv");
+        assert!(Query::parse(Some("limit=0")).is_err());
+        assert!(Query::parse(Some("limit=10001")).is_err());
+        assert!(Query::parse(Some("keys_only=maybe")).is_err());
     }
 
     #[test]

@@ -8,9 +8,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header::{self, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kv_api::dump::{self, DEFAULT_PAGE, Format, MAX_PAGE};
+use kv_api::dump::{self, DEFAULT_PAGE, Format, Query};
 use kv_api::{ApiError, ErrorCode};
-use serde::Deserialize;
 
 use super::AppState;
 use crate::store::{Scan, Store};
@@ -18,38 +17,18 @@ use crate::store::{Scan, Store};
 /// Keys read per store call while streaming NDJSON or text.
 const STREAM_CHUNK: usize = 512;
 
-#[derive(Debug, Default, Deserialize)]
-struct DumpQuery {
-    prefix: Option<String>,
-    limit: Option<String>,
-    after: Option<String>,
-    keys_only: Option<String>,
-}
-
 /// `GET /kv`: DUMP, in the shape the `Accept` header asks for.
 pub(super) async fn dump(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query: DumpQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|err| ApiError::bad_request(format!("the query string is malformed: {err}")))?;
-    let limit = match query.limit.as_deref() {
-        None => None,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Some(n),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_PAGE}"
-                )));
-            }
-        },
-    };
-    let keys_only = match query.keys_only.as_deref() {
-        None | Some("false" | "0") => false,
-        Some("true" | "1" | "") => true,
-        Some(_) => return Err(ApiError::bad_request("keys_only must be true or false")),
-    };
+    let Query {
+        prefix,
+        limit,
+        after,
+        keys_only,
+    } = Query::parse(query.as_deref())?;
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
     let format = Format::negotiate(accept).ok_or_else(|| {
         ApiError::new(
@@ -57,14 +36,13 @@ pub(super) async fn dump(
             "DUMP is available as application/json, application/x-ndjson, text/html or text/plain",
         )
     })?;
-    let prefix = query.prefix.unwrap_or_default();
     let content_type = [(header::CONTENT_TYPE, format.content_type())];
     match format {
         Format::Json | Format::Html => {
             let limit = limit.unwrap_or(DEFAULT_PAGE);
             let scan = Scan {
                 prefix: prefix.clone(),
-                after: query.after,
+                after,
                 limit: limit + 1,
                 keys_only,
             };
@@ -88,7 +66,7 @@ pub(super) async fn dump(
         Format::Ndjson | Format::Text => {
             let scan = Scan {
                 prefix,
-                after: query.after,
+                after,
                 limit: limit.unwrap_or(usize::MAX),
                 keys_only,
             };
