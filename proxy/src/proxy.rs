@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 use bytes::Bytes;
 
 use crate::cache::{Cache, CacheStatus, Cached, Filled};
@@ -149,18 +149,28 @@ impl Proxy {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Passed, ForwardError> {
+        let is_delete = method == Method::DELETE;
         let result = self.forward.write(method, key, headers, body).await;
-        let (maybe_applied, revision) = match &result {
-            // A 4xx (412, 413, 404...) is a write that certainly did not happen.
-            Ok(passed) if passed.status.is_client_error() => (false, None),
-            Ok(passed) => (true, passed.status.is_success().then(|| passed.revision()).flatten()),
-            // No answer: the write may or may not have happened.
-            Err(_) => (true, None),
+        // `Some(revision)`: drop the entry unless it is at least that new;
+        // `Some(None)`: drop it whatever its version.
+        let invalidation = match &result {
+            Ok(passed) if passed.status.is_success() => Some(passed.revision()),
+            // The write did not happen, and the answer proves the cached entry
+            // may be stale: 412 says the key's version is not the one the client
+            // named (which may be the cached one), 404 on DELETE that the key is
+            // gone. Dropping an entry that was current costs one miss.
+            Ok(passed) if passed.status == StatusCode::PRECONDITION_FAILED => Some(None),
+            Ok(passed) if is_delete && passed.status == StatusCode::NOT_FOUND => Some(None),
+            // Any other 4xx (400, 413...) is a write that certainly did not
+            // happen and says nothing about the key.
+            Ok(passed) if passed.status.is_client_error() => None,
+            // No answer, or a 5xx: the write may or may not have happened.
+            Ok(_) | Err(_) => Some(None),
         };
         if result.is_err() {
             self.cache.counters.upstream_errors.inc();
         }
-        if maybe_applied {
+        if let Some(revision) = invalidation {
             self.cache.invalidate(key, revision).await;
         }
         result

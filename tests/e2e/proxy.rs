@@ -10,38 +10,38 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A fresh server and a proxy in front of it, started with `args`.
-fn server_and_proxy(args: &[&str]) -> (Server, Proxy) {
+pub(crate) fn server_and_proxy(args: &[&str]) -> (Server, Proxy) {
     let server = Server::start();
     let proxy = Proxy::start(&server.url, args);
     (server, proxy)
 }
 
-fn header(response: &Response, name: &str) -> Option<String> {
+pub(crate) fn header(response: &Response, name: &str) -> Option<String> {
     response
         .headers()
         .get(name)
         .map(|v| v.to_str().expect("ASCII header").to_owned())
 }
 
-fn x_cache(response: &Response) -> String {
+pub(crate) fn x_cache(response: &Response) -> String {
     header(response, "x-cache").unwrap_or_else(|| panic!("no X-Cache in {response:?}"))
 }
 
-async fn put(http: &Client, url: &str, value: &str) -> Response {
+pub(crate) async fn put(http: &Client, url: &str, value: &str) -> Response {
     let response = http.put(url).body(value.to_owned()).send().await.unwrap();
     assert!(response.status().is_success(), "PUT {url}: {response:?}");
     response
 }
 
 /// GETs `url` and returns (X-Cache, body); the answer must be 200.
-async fn get(http: &Client, url: &str) -> (String, String) {
+pub(crate) async fn get(http: &Client, url: &str) -> (String, String) {
     let response = http.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "GET {url}");
     let cache = x_cache(&response);
     (cache, response.text().await.unwrap())
 }
 
-async fn error_code(response: Response, status: u16) -> String {
+pub(crate) async fn error_code(response: Response, status: u16) -> String {
     assert_eq!(response.status(), status, "{response:?}");
     assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
     let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
