@@ -142,7 +142,31 @@ impl Proxy {
 
     /// Forwards a PUT or DELETE and, once the upstream has answered, makes sure
     /// no older value of the key is served from here again.
+    ///
+    /// The upstream call and the invalidation after it run in a task of their
+    /// own, to completion: hyper drops a handler whose client went away (an
+    /// HTTP/1 close, an HTTP/2 stream reset), and a write already sent may
+    /// land all the same, so its invalidation must not depend on the client.
     pub async fn write(
+        &self,
+        method: Method,
+        key: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Passed, ForwardError> {
+        let (this, key, headers) = (self.clone(), key.to_owned(), headers.clone());
+        let task = tokio::spawn(async move { this.write_through(method, &key, &headers, body).await });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(ForwardError::Unavailable {
+                upstream: self.forward.upstream().to_owned(),
+                cause: format!("the write was cancelled: {err}"),
+            }),
+        }
+    }
+
+    async fn write_through(
         &self,
         method: Method,
         key: &str,

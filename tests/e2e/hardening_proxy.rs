@@ -1,16 +1,114 @@
 //! Issue 13, the proxy's side: each test pins one fault a review found, and
 //! prints the figure it measures (`--nocapture` shows it).
 
-use kv_tests::{Server, client};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kv_tests::{Proxy, Server, client};
 use reqwest::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::{get, header, put, server_and_proxy, x_cache};
 use crate::telnet::Telnet;
+
+/// A TCP relay to `upstream` that holds every chunk beginning a PUT or a
+/// DELETE for `delay` before passing it on: an upstream slow to answer writes.
+/// A write it has read reaches the upstream even if the proxy hangs up.
+async fn slow_writes(upstream: SocketAddr, delay: Duration) -> (tokio::task::JoinHandle<()>, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((near, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(far) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut near_read, mut near_write) = near.into_split();
+                let (mut far_read, mut far_write) = far.into_split();
+                let up = async move {
+                    let mut buffer = vec![0; 64 << 10];
+                    while let Ok(read @ 1..) = near_read.read(&mut buffer).await {
+                        let chunk = &buffer[..read];
+                        if chunk.starts_with(b"PUT ") || chunk.starts_with(b"DELETE ") {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if far_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Kept open: the upstream answers what it was sent.
+                    far_write
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut far_read, &mut near_write).await;
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    (task, addr)
+}
 
 /// A PUT of `value` straight to the server; returns the version it took.
 async fn put_direct(http: &Client, server: &Server, key: &str, value: &str) -> u64 {
     let response = put(http, &format!("{}/kv/{key}", server.url), value).await;
     header(&response, "etag").unwrap().trim_matches('"').parse().unwrap()
+}
+
+/// Item 5: once a write is sent upstream, its invalidation runs whatever the
+/// client does (HTTP/1 close, HTTP/2 stream reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_client_hangs_up_still_invalidates() {
+    let server = Server::start();
+    let (_relay, relay) = slow_writes(server.addr, Duration::from_secs(1)).await;
+    let proxy = Proxy::start(&format!("http://{relay}"), &["--cache-ttl", "60s"]);
+    let http = client();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut stale = Vec::new();
+    for (key, how) in [("h1", "HTTP/1 close"), ("h2", "HTTP/2 reset")] {
+        put_direct(&http, &server, key, "old").await;
+        let url = format!("{}/kv/{key}", proxy.url);
+        get(&http, &url).await;
+        assert_eq!(get(&http, &url).await, ("HIT".into(), "old".into()));
+
+        let sent = Instant::now();
+        if key == "h1" {
+            let mut raw = TcpStream::connect(proxy.url.trim_start_matches("http://"))
+                .await
+                .unwrap();
+            let request = format!("PUT /kv/{key} HTTP/1.1\r\nhost: kv\r\ncontent-length: 3\r\n\r\nnew");
+            raw.write_all(request.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(raw);
+        } else {
+            let cancelled = h2.put(&url).body("new").send().await;
+            assert!(cancelled.unwrap_err().is_timeout(), "the client gave up after 200 ms");
+        }
+        // The upstream applies the write a second after it was sent.
+        let stored = loop {
+            let response = http.get(format!("{}/kv/{key}", server.url)).send().await.unwrap();
+            let body = response.text().await.unwrap();
+            if body == "new" || sent.elapsed() > Duration::from_secs(5) {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(stored, "new", "the upstream applied the write");
+        // Give the proxy the time to read the upstream's answer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (cache, body) = get(&http, &url).await;
+        eprintln!("item 5, {how} 200 ms after a PUT: the next GET was {cache} {body:?}");
+        if body != "new" {
+            stale.push(format!("{how}: {cache} {body:?}"));
+        }
+    }
+    assert!(stale.is_empty(), "stale reads after a cancelled write: {stale:?}");
 }
 
 /// Item 6: an answer that proves the cached entry stale drops it (a 412 on PUT
