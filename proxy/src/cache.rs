@@ -147,6 +147,16 @@ pub struct Cache {
     pub counters: Counters,
 }
 
+/// What the fetch of a [`Cache::fill`] found.
+pub enum Fill {
+    /// A value to cache and answer with.
+    Keep(Cached),
+    /// A value to answer with but not cache (its key's state is uncertain).
+    Pass(Cached),
+    /// The upstream has no such key.
+    Absent,
+}
+
 /// The result of [`Cache::fill`].
 pub enum Filled {
     /// The key has this value (fetched now, or by the fill we waited behind).
@@ -205,25 +215,36 @@ impl Cache {
     pub async fn fill<F, Fut, E>(&self, key: &str, fetch: F) -> Result<Filled, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<Cached>, E>>,
+        Fut: Future<Output = Result<Fill, E>>,
         E: Send + Sync + 'static,
     {
         let this = self.clone();
+        let passed = std::sync::OnceLock::new();
         let result = self
             .entries
             .entry(key.to_owned())
-            .and_try_compute_with(|current| async move {
-                if let Some(current) = current
-                    && this.is_fresh(current.value())
-                {
-                    return Ok(Op::Nop);
+            .and_try_compute_with(|current| {
+                let passed = &passed;
+                async move {
+                    if let Some(current) = current
+                        && this.is_fresh(current.value())
+                    {
+                        return Ok(Op::Nop);
+                    }
+                    Ok(match fetch().await? {
+                        Fill::Keep(fetched) => Op::Put(Arc::new(fetched)),
+                        Fill::Pass(fetched) => {
+                            let _ = passed.set(Arc::new(fetched));
+                            Op::Remove
+                        }
+                        Fill::Absent => Op::Remove,
+                    })
                 }
-                Ok(match fetch().await? {
-                    Some(fetched) => Op::Put(Arc::new(fetched)),
-                    None => Op::Remove,
-                })
             })
             .await?;
+        if let Some(value) = passed.into_inner() {
+            return Ok(Filled::Value(value));
+        }
         Ok(match result {
             CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) | CompResult::Unchanged(entry) => {
                 Filled::Value(entry.into_value())

@@ -65,7 +65,9 @@ impl ProxyServer {
         });
         let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
         cache.counters.register(metrics.registry_mut());
-        let proxy = proxy::Proxy::new(cache, forward).with_fill_delay(config.debug_fill_delay);
+        let proxy = proxy::Proxy::new(cache, forward)
+            .with_fill_delay(config.debug_fill_delay)
+            .with_unknown_outcome_window(config.upstream_timeout);
         Ok(Self {
             config,
             token,

@@ -2,13 +2,14 @@
 //! front and the telnet adapter: read-through GET, write-then-invalidate PUT
 //! and DELETE, pass-through DUMP.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, StatusCode};
 use bytes::Bytes;
 
-use crate::cache::{Cache, CacheStatus, Cached, Filled};
+use crate::cache::{Cache, CacheStatus, Cached, Fill, Filled};
 use crate::forward::{Forward, ForwardError, Passed, Read};
 
 /// A GET's answer.
@@ -43,6 +44,8 @@ pub struct Proxy {
     fill_delay: Duration,
     /// The last failed fill of each key, and when it failed; see [`Proxy::get`].
     failures: moka::future::Cache<String, Arc<(Instant, ReadError)>>,
+    /// Keys whose last write had an unknown outcome; see [`Proxy::write`].
+    uncertain: Arc<Uncertain>,
 }
 
 /// How long a failed fill is remembered for the misses that queued behind it.
@@ -60,11 +63,20 @@ impl Proxy {
             forward,
             fill_delay: Duration::ZERO,
             failures,
+            uncertain: Arc::new(Uncertain::new(Duration::from_secs(5))),
         }
     }
 
     pub fn with_fill_delay(mut self, delay: Duration) -> Self {
         self.fill_delay = delay;
+        self
+    }
+
+    /// How long after a write with an unknown outcome fills of its key are
+    /// not cached: `--upstream-timeout`, the time a request we gave up on may
+    /// still take to land.
+    pub fn with_unknown_outcome_window(mut self, window: Duration) -> Self {
+        self.uncertain = Arc::new(Uncertain::new(window));
         self
     }
 
@@ -84,7 +96,8 @@ impl Proxy {
         }
         let counters = &self.cache.counters;
         counters.misses.inc();
-        let (forward, fill_delay, failures) = (&self.forward, self.fill_delay, &self.failures);
+        let (forward, fill_delay, failures, uncertain) =
+            (&self.forward, self.fill_delay, &self.failures, &self.uncertain);
         let queued_at = Instant::now();
         let filled = self
             .cache
@@ -101,8 +114,18 @@ impl Proxy {
                     tokio::time::sleep(fill_delay).await;
                 }
                 let result = match read {
-                    Ok(Read::Found(f)) => Ok(Some(Cached::new(f.value, f.content_type, f.version))),
-                    Ok(Read::NotFound) => Ok(None),
+                    Ok(Read::Found(f)) => {
+                        let value = Cached::new(f.value, f.content_type, f.version);
+                        // Decided under the key's lock, after the read: a write with
+                        // an unknown outcome either marked the key already, or its
+                        // invalidation is queued behind this fill and drops what it put.
+                        Ok(if uncertain.contains(key) {
+                            Fill::Pass(value)
+                        } else {
+                            Fill::Keep(value)
+                        })
+                    }
+                    Ok(Read::NotFound) => Ok(Fill::Absent),
                     Ok(Read::Other(passed)) => Err(ReadError::Upstream(passed)),
                     Err(err) => {
                         counters.upstream_errors.inc();
@@ -188,8 +211,11 @@ impl Proxy {
             // Any other 4xx (400, 413...) is a write that certainly did not
             // happen and says nothing about the key.
             Ok(passed) if passed.status.is_client_error() => None,
-            // No answer, or a 5xx: the write may or may not have happened.
-            Ok(_) | Err(_) => Some(None),
+            // No answer, or a 5xx: the write may have happened, or may yet.
+            Ok(_) | Err(_) => {
+                self.uncertain.mark(key);
+                Some(None)
+            }
         };
         if result.is_err() {
             self.cache.counters.upstream_errors.inc();
@@ -198,6 +224,66 @@ impl Proxy {
             self.cache.invalidate(key, revision).await;
         }
         result
+    }
+}
+
+/// The most keys remembered as uncertain; past it, every key is.
+const MAX_UNCERTAIN_KEYS: usize = 10_000;
+
+/// Keys whose last write had an unknown outcome (no answer, or a 5xx), each
+/// until that write can no longer land: fills of those keys are answered but
+/// not cached, so a value read before the write lands is not kept for a TTL.
+struct Uncertain {
+    window: Duration,
+    state: Mutex<UncertainKeys>,
+}
+
+#[derive(Default)]
+struct UncertainKeys {
+    until: HashMap<String, Instant>,
+    /// Set when the map is full: every key is uncertain until then.
+    all_until: Option<Instant>,
+}
+
+impl Uncertain {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            state: Mutex::default(),
+        }
+    }
+
+    fn mark(&self, key: &str) {
+        let now = Instant::now();
+        let until = now + self.window;
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.until.len() >= MAX_UNCERTAIN_KEYS && !state.until.contains_key(key) {
+            state.until.retain(|_, until| *until > now);
+        }
+        if state.until.len() >= MAX_UNCERTAIN_KEYS && !state.until.contains_key(key) {
+            state.all_until = Some(until);
+        } else {
+            state.until.insert(key.to_owned(), until);
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.until.is_empty() && state.all_until.is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        if state.all_until.is_some_and(|until| until <= now) {
+            state.all_until = None;
+        }
+        match state.until.get(key) {
+            Some(until) if *until <= now => {
+                state.until.remove(key);
+            }
+            Some(_) => return true,
+            None => {}
+        }
+        state.all_until.is_some()
     }
 }
 

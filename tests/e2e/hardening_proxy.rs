@@ -163,3 +163,50 @@ async fn a_412_or_a_404_on_delete_drops_the_stale_entry() {
     let stale: Vec<_> = seen.iter().filter(|(_, ok)| !ok).map(|(what, _)| what).collect();
     assert!(stale.is_empty(), "stale entries served after: {stale:?}");
 }
+
+/// Item 7: after a write whose outcome is unknown (504), fills of its key are
+/// served but not cached until the outcome can no longer change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fills_after_an_unknown_write_outcome_are_not_cached() {
+    let server = Server::start();
+    let (_relay, relay) = slow_writes(server.addr, Duration::from_millis(2500)).await;
+    let proxy = Proxy::start(
+        &format!("http://{relay}"),
+        &["--cache-ttl", "60s", "--upstream-timeout", "2s"],
+    );
+    let http = client();
+    put_direct(&http, &server, "k", "v1").await;
+    let url = format!("{}/kv/k", proxy.url);
+    get(&http, &url).await;
+    assert_eq!(get(&http, &url).await, ("HIT".into(), "v1".into()));
+
+    let sent = Instant::now();
+    let timed_out = http.put(&url).body("v2").send().await.unwrap();
+    assert_eq!(timed_out.status(), 504, "the upstream takes 2.5 s, the proxy waits 2 s");
+    // The write is still on its way: this read sees the old value...
+    let (during, during_value) = get(&http, &url).await;
+    // ...and the write lands 2.5 s after it was sent.
+    loop {
+        let direct = http.get(format!("{}/kv/k", server.url)).send().await.unwrap();
+        if direct.text().await.unwrap() == "v2" {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "the upstream never applied the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (after, after_value) = get(&http, &url).await;
+    eprintln!(
+        "item 7, after a 504 on PUT: a GET while the write was in flight: {during} {during_value:?}; \
+         once it landed ({} ms after it was sent): {after} {after_value:?}",
+        sent.elapsed().as_millis()
+    );
+    assert_eq!(after_value, "v2", "the value read before the write landed was cached");
+
+    // Past the window (the upstream timeout after the 504), fills are cached again.
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(sent.elapsed())).await;
+    get(&http, &url).await;
+    assert_eq!(get(&http, &url).await, ("HIT".into(), "v2".into()));
+}
