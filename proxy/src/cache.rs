@@ -13,7 +13,9 @@
 //! Freshness is ours, not moka's: moka keeps an entry for TTL plus the
 //! `--stale-if-error` window, and we serve it as fresh only while younger than
 //! the TTL. The older ones are kept only to be served, marked STALE, when the
-//! upstream fails.
+//! upstream fails. An entry's age counts from when its upstream read *began*:
+//! a write that bypasses the proxy after that moment shows within the TTL of
+//! the write, however long the upstream took to answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ pub struct Cached {
     pub content_type: HeaderValue,
     pub etag: HeaderValue,
     pub version: u64,
+    /// When the upstream read of this value began: the entry's age counts from here.
     pub stored_at: Instant,
     /// Whether the value goes on a telnet line as it is; decided at the first
     /// telnet GET, since scanning it on every hit was a tenth of the work.
@@ -41,13 +44,14 @@ pub struct Cached {
 }
 
 impl Cached {
-    pub fn new(value: Bytes, content_type: HeaderValue, version: u64) -> Self {
+    /// `read_at`: when the upstream read that found the value began.
+    pub fn new(value: Bytes, content_type: HeaderValue, version: u64, read_at: Instant) -> Self {
         Self {
             value,
             content_type,
             etag: kv_server::http::etag(version),
             version,
-            stored_at: Instant::now(),
+            stored_at: read_at,
             bare: std::sync::OnceLock::new(),
         }
     }
@@ -159,8 +163,10 @@ pub enum Fill {
 
 /// The result of [`Cache::fill`].
 pub enum Filled {
-    /// The key has this value (fetched now, or by the fill we waited behind).
-    Value(Arc<Cached>),
+    /// The key has this value, fetched by this fill.
+    Fetched(Arc<Cached>),
+    /// The key has this value, an entry that another request's fill cached.
+    Shared(Arc<Cached>),
     /// The upstream has no such key.
     Absent,
 }
@@ -243,12 +249,11 @@ impl Cache {
             })
             .await?;
         if let Some(value) = passed.into_inner() {
-            return Ok(Filled::Value(value));
+            return Ok(Filled::Fetched(value));
         }
         Ok(match result {
-            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) | CompResult::Unchanged(entry) => {
-                Filled::Value(entry.into_value())
-            }
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => Filled::Fetched(entry.into_value()),
+            CompResult::Unchanged(entry) => Filled::Shared(entry.into_value()),
             CompResult::StillNone(_) | CompResult::Removed(_) => Filled::Absent,
         })
     }

@@ -17,6 +17,9 @@ pub struct Lookup {
     pub status: CacheStatus,
     /// `None`: the key does not exist.
     pub value: Option<Arc<Cached>>,
+    /// Whether the answer says its `Age`: a hit, a stale answer, or a miss
+    /// answered with the entry another request's fill had just cached.
+    pub shows_age: bool,
 }
 
 impl Lookup {
@@ -87,6 +90,7 @@ impl Proxy {
         Some(Lookup {
             status: CacheStatus::Hit,
             value: Some(value),
+            shows_age: true,
         })
     }
 
@@ -109,13 +113,15 @@ impl Proxy {
                     return Err(failure.1.clone());
                 }
                 counters.upstream_requests.inc();
+                // The entry's age counts from here: what it holds may be this old.
+                let began = Instant::now();
                 let read = forward.read(key).await;
                 if !fill_delay.is_zero() {
                     tokio::time::sleep(fill_delay).await;
                 }
                 let result = match read {
                     Ok(Read::Found(f)) => {
-                        let value = Cached::new(f.value, f.content_type, f.version);
+                        let value = Cached::new(f.value, f.content_type, f.version, began);
                         // Decided under the key's lock, after the read: a write with
                         // an unknown outcome either marked the key already, or its
                         // invalidation is queued behind this fill and drops what it put.
@@ -141,13 +147,20 @@ impl Proxy {
             })
             .await;
         match filled {
-            Ok(Filled::Value(value)) => Ok(Lookup {
+            Ok(Filled::Fetched(value)) => Ok(Lookup {
                 status: CacheStatus::Miss,
                 value: Some(value),
+                shows_age: false,
+            }),
+            Ok(Filled::Shared(value)) => Ok(Lookup {
+                status: CacheStatus::Miss,
+                value: Some(value),
+                shows_age: true,
             }),
             Ok(Filled::Absent) => Ok(Lookup {
                 status: CacheStatus::Miss,
                 value: None,
+                shows_age: false,
             }),
             Err(err) => match self.cache.stale(key).await {
                 Some(value) => {
@@ -156,6 +169,7 @@ impl Proxy {
                     Ok(Lookup {
                         status: CacheStatus::Stale,
                         value: Some(value),
+                        shows_age: true,
                     })
                 }
                 None => Err(err),

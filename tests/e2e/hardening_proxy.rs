@@ -210,3 +210,50 @@ async fn fills_after_an_unknown_write_outcome_are_not_cached() {
     get(&http, &url).await;
     assert_eq!(get(&http, &url).await, ("HIT".into(), "v2".into()));
 }
+
+/// Item 8: an entry's age counts from when its upstream read began, and a miss
+/// answered by another request's fill says that entry's `Age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_freshness_clock_starts_when_the_upstream_read_begins() {
+    let server = Server::start();
+    // The fill holds what it read for 1.5 s: an upstream that slow.
+    let proxy = Proxy::start(&server.url, &["--cache-ttl", "2s", "--debug-fill-delay", "1500ms"]);
+    let http = client();
+    put_direct(&http, &server, "k", "old").await;
+    let url = format!("{}/kv/k", proxy.url);
+
+    let filling = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { get(&http, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written = Instant::now();
+    put_direct(&http, &server, "k", "new").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = http.get(&url).send().await.unwrap();
+    let (waiting_cache, waiting_age) = (x_cache(&waiting), header(&waiting, "age"));
+    assert_eq!(waiting.text().await.unwrap(), "old");
+    assert_eq!(filling.await.unwrap(), ("MISS".into(), "old".into()));
+
+    // Read until the direct write shows; note when the read that showed it was sent.
+    let shown_to = loop {
+        let asked = Instant::now();
+        let (_, body) = get(&http, &url).await;
+        if body == "new" {
+            break asked.duration_since(written);
+        }
+        assert!(written.elapsed() < Duration::from_secs(10), "the write never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "item 8, upstream read 1.5 s, TTL 2 s: a miss that waited for another's fill said {waiting_cache} \
+         Age {waiting_age:?}; a direct write was hidden from reads sent up to {} ms after it",
+        shown_to.as_millis()
+    );
+    assert_eq!(waiting_cache, "MISS");
+    assert_eq!(waiting_age.as_deref(), Some("1"), "the entry was 1.4 s old when served");
+    assert!(
+        shown_to < Duration::from_millis(2100),
+        "a write that bypassed the proxy stayed hidden {shown_to:?}, more than the TTL"
+    );
+}
