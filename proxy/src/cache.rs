@@ -16,6 +16,9 @@
 //! upstream fails. An entry's age counts from when its upstream read *began*:
 //! a write that bypasses the proxy after that moment shows within the TTL of
 //! the write, however long the upstream took to answer.
+//!
+//! Entries also carry the generation of the upstream's store identity they
+//! were read from ([`StoreIdentity`]): one from an older store is never fresh.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +32,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::forward::StoreIdentity;
+
 /// One cached value, with what its response needs prebuilt.
 #[derive(Debug)]
 pub struct Cached {
@@ -38,6 +43,8 @@ pub struct Cached {
     pub version: u64,
     /// When the upstream read of this value began: the entry's age counts from here.
     pub stored_at: Instant,
+    /// The generation of the upstream's store identity it was read from.
+    pub generation: u64,
     /// Whether the value goes on a telnet line as it is; decided at the first
     /// telnet GET, since scanning it on every hit was a tenth of the work.
     bare: std::sync::OnceLock<bool>,
@@ -45,13 +52,14 @@ pub struct Cached {
 
 impl Cached {
     /// `read_at`: when the upstream read that found the value began.
-    pub fn new(value: Bytes, content_type: HeaderValue, version: u64, read_at: Instant) -> Self {
+    pub fn new(value: Bytes, content_type: HeaderValue, version: u64, read_at: Instant, generation: u64) -> Self {
         Self {
             value,
             content_type,
             etag: kv_server::http::etag(version),
             version,
             stored_at: read_at,
+            generation,
             bare: std::sync::OnceLock::new(),
         }
     }
@@ -148,6 +156,7 @@ pub struct CacheConfig {
 pub struct Cache {
     entries: Moka<String, Arc<Cached>>,
     config: CacheConfig,
+    identity: Arc<StoreIdentity>,
     pub counters: Counters,
 }
 
@@ -172,7 +181,9 @@ pub enum Filled {
 }
 
 impl Cache {
-    pub fn new(config: CacheConfig) -> Self {
+    /// A cache of what the upstream whose store is `identity` answers; a
+    /// change of identity flushes it.
+    pub fn new(config: CacheConfig, identity: Arc<StoreIdentity>) -> Self {
         let counters = Counters::default();
         let listener = {
             let counters = counters.clone();
@@ -192,9 +203,14 @@ impl Cache {
             .time_to_live(config.ttl + config.stale_if_error)
             .eviction_listener(listener)
             .build();
+        identity.on_change({
+            let entries = entries.clone();
+            move || entries.invalidate_all()
+        });
         Self {
             entries,
             config,
+            identity,
             counters,
         }
     }
@@ -213,7 +229,10 @@ impl Cache {
         if self.config.stale_if_error.is_zero() {
             return None;
         }
-        self.entries.get(key).await
+        self.entries
+            .get(key)
+            .await
+            .filter(|entry| entry.generation == self.identity.generation())
     }
 
     /// Fills `key` on a miss. `fetch` runs under the key's lock, so concurrent
@@ -266,7 +285,12 @@ impl Cache {
             .entry(key.to_owned())
             .and_compute_with(|current| {
                 let op = match (current, revision) {
-                    (Some(entry), Some(revision)) if entry.value().version >= revision => Op::Nop,
+                    (Some(entry), Some(revision))
+                        if entry.value().version >= revision
+                            && entry.value().generation == self.identity.generation() =>
+                    {
+                        Op::Nop
+                    }
                     (Some(_), _) => Op::Remove,
                     (None, _) => Op::Nop,
                 };
@@ -284,6 +308,6 @@ impl Cache {
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {
-        entry.stored_at.elapsed() < self.config.ttl
+        entry.stored_at.elapsed() < self.config.ttl && entry.generation == self.identity.generation()
     }
 }

@@ -9,6 +9,8 @@
 //! body is re-framed with its own length (no request smuggling through us).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -31,6 +33,8 @@ pub struct Fetched {
     pub value: Bytes,
     pub content_type: HeaderValue,
     pub version: u64,
+    /// The [`StoreIdentity`] generation of the store that answered.
+    pub generation: u64,
 }
 
 /// An upstream answer passed through to the client as it came.
@@ -60,6 +64,65 @@ pub enum Read {
     Other(Passed),
 }
 
+/// The identity of the store behind the upstream, as its answers last said
+/// (`X-Kv-Store-Id`, see [`kv_server::store_id`]), and a generation that
+/// moves on each change.
+///
+/// Revisions are numbered per store: a server restarted on an empty or
+/// restored data directory counts from an earlier revision again, and cached
+/// versions from the old store would win the ordering rule against the new
+/// store's writes. So a change of identity flushes the cache (the hook set
+/// with [`StoreIdentity::on_change`]), and an entry read from an older
+/// generation is never served as fresh, even one a fill in flight inserts
+/// after the flush.
+#[derive(Default)]
+pub struct StoreIdentity {
+    last: Mutex<Option<HeaderValue>>,
+    generation: AtomicU64,
+    on_change: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl StoreIdentity {
+    /// The generation of the store seen last.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets what to do when the identity changes (flush the cache); once.
+    pub fn on_change(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(hook));
+    }
+
+    /// Notes the identity an answer carried (an answer without one, from an
+    /// older server, changes nothing) and returns the generation the answer
+    /// belongs to.
+    pub fn observe(&self, upstream: &str, headers: &HeaderMap) -> u64 {
+        let Some(id) = headers.get(&kv_server::store_id::X_KV_STORE_ID) else {
+            return self.generation();
+        };
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.as_ref() {
+            Some(seen) if seen == id => {}
+            None => *last = Some(id.clone()),
+            Some(seen) => {
+                tracing::warn!(
+                    upstream,
+                    was = ?seen,
+                    now = ?id,
+                    "the upstream's store id changed (a new or restored data directory): \
+                     its revisions cannot be compared with the cached ones; flushing the cache"
+                );
+                *last = Some(id.clone());
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                if let Some(hook) = self.on_change.get() {
+                    hook();
+                }
+            }
+        }
+        self.generation()
+    }
+}
+
 /// Headers of an upstream answer that the client should see.
 const PASSED_HEADERS: [HeaderName; 8] = [
     header::CONTENT_TYPE,
@@ -86,6 +149,7 @@ pub struct Forward {
     base: String,
     timeout: Duration,
     token: Option<HeaderValue>,
+    identity: Arc<StoreIdentity>,
 }
 
 impl Forward {
@@ -141,11 +205,17 @@ impl Forward {
             base,
             timeout,
             token,
+            identity: Arc::default(),
         })
     }
 
     pub fn upstream(&self) -> &str {
         &self.base
+    }
+
+    /// The identity of the upstream's store, as its answers say it.
+    pub fn identity(&self) -> &Arc<StoreIdentity> {
+        &self.identity
     }
 
     /// Reads one key.
@@ -156,6 +226,7 @@ impl Forward {
             .send()
             .await
             .map_err(|e| self.error(e))?;
+        let generation = self.identity.observe(&self.base, response.headers());
         match response.status() {
             StatusCode::OK => {
                 let content_type = response
@@ -179,6 +250,7 @@ impl Forward {
                     value,
                     content_type,
                     version,
+                    generation,
                 }))
             }
             StatusCode::NOT_FOUND => Ok(Read::NotFound),
@@ -224,7 +296,9 @@ impl Forward {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, token);
         }
-        request.send().await.map_err(|e| self.error(e))
+        let response = request.send().await.map_err(|e| self.error(e))?;
+        self.identity.observe(&self.base, response.headers());
+        Ok(response)
     }
 
     /// Whether the upstream answers its health check.
@@ -232,7 +306,13 @@ impl Forward {
         let request = self
             .request(Method::GET, "/healthz")
             .timeout(self.timeout.min(Duration::from_secs(2)));
-        matches!(request.send().await, Ok(r) if r.status().is_success())
+        match request.send().await {
+            Ok(response) => {
+                self.identity.observe(&self.base, response.headers());
+                response.status().is_success()
+            }
+            Err(_) => false,
+        }
     }
 
     /// Copies the headers the client should see from an upstream answer.
@@ -259,6 +339,7 @@ impl Forward {
 
     async fn collect(&self, response: reqwest::Response) -> Result<Passed, ForwardError> {
         let status = response.status();
+        self.identity.observe(&self.base, response.headers());
         let headers = Self::passed_headers(response.headers());
         let body = response.bytes().await.map_err(|e| self.error(e))?;
         Ok(Passed { status, headers, body })

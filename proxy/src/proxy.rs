@@ -121,7 +121,7 @@ impl Proxy {
                 }
                 let result = match read {
                     Ok(Read::Found(f)) => {
-                        let value = Cached::new(f.value, f.content_type, f.version, began);
+                        let value = Cached::new(f.value, f.content_type, f.version, began, f.generation);
                         // Decided under the key's lock, after the read: a write with
                         // an unknown outcome either marked the key already, or its
                         // invalidation is queued behind this fill and drops what it put.

@@ -257,3 +257,55 @@ async fn the_freshness_clock_starts_when_the_upstream_read_begins() {
         "a write that bypassed the proxy stayed hidden {shown_to:?}, more than the TTL"
     );
 }
+
+/// Item 10: a server restarted on a fresh data directory behind a running
+/// proxy has a new store id; the proxy flushes its cache and says why.
+#[tokio::test]
+async fn a_new_store_behind_the_proxy_flushes_its_cache() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(first_dir.path(), &[]);
+    let proxy = Proxy::start(&server.url, &["--cache-ttl", "60s"]);
+    let http = client();
+    for round in 0..5 {
+        put(&http, &format!("{}/kv/k", proxy.url), &format!("old-{round}")).await;
+    }
+    put(&http, &format!("{}/kv/other", proxy.url), "old").await;
+    for key in ["k", "other"] {
+        let url = format!("{}/kv/{key}", proxy.url);
+        get(&http, &url).await;
+        assert_eq!(get(&http, &url).await.0, "HIT");
+    }
+    let old_id = http.get(format!("{}/kv/k", server.url)).send().await.unwrap();
+    let old_id = header(&old_id, "x-kv-store-id");
+
+    server.program.kill9();
+    let second_dir = tempfile::tempdir().unwrap();
+    let server = Server::start_on(second_dir.path(), server.addr, &[]);
+    // A new client: the old one's pooled connections went with the old server.
+    let http = client();
+    let new_id = header(
+        &http.get(format!("{}/healthz", server.url)).send().await.unwrap(),
+        "x-kv-store-id",
+    );
+    assert!(new_id.is_some() && new_id != old_id, "{old_id:?} then {new_id:?}");
+
+    // Revision 1 on the new store, below the cached entry's version 5.
+    let written = put(&http, &format!("{}/kv/k", proxy.url), "new").await;
+    assert_eq!(header(&written, "etag").as_deref(), Some("\"1\""));
+    let (k_cache, k_value) = get(&http, &format!("{}/kv/k", proxy.url)).await;
+    let other = http.get(format!("{}/kv/other", proxy.url)).send().await.unwrap();
+    let (other_status, other_cache) = (other.status(), x_cache(&other));
+    let warned = proxy
+        .program
+        .log()
+        .lines()
+        .filter(|l| l.contains("store id changed"))
+        .count();
+    eprintln!(
+        "item 10, store id {old_id:?} -> {new_id:?}: GET k after a PUT through the proxy: {k_cache} {k_value:?}; \
+         GET other (only on the old store): {other_status} {other_cache}; warnings logged: {warned}"
+    );
+    assert_eq!(k_value, "new", "read-your-writes across a store change");
+    assert_eq!((other_status.as_u16(), other_cache.as_str()), (404, "MISS"));
+    assert_eq!(warned, 1, "one warning says why:\n{}", proxy.program.log());
+}
