@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
@@ -143,6 +143,15 @@ const FORWARDED_HEADERS: [HeaderName; 4] = [
     header::ACCEPT,
 ];
 
+/// How long an idle upstream connection stays in the pool. kv-server closes a
+/// kept-alive connection that sends no request head within its
+/// `--header-read-timeout` (hyper starts that timer as it waits for the next
+/// head; 30 s by default). Reusing a connection the server is closing fails
+/// with no byte answered, so the pool lets connections go well before that.
+/// (A server run with a shorter `--header-read-timeout` is covered by the one
+/// retry of a GET in [`Forward::read`].)
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Clone)]
 pub struct Forward {
     client: reqwest::Client,
@@ -189,7 +198,7 @@ impl Forward {
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .read_timeout(timeout)
             .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .http1_only()
             .build()
@@ -218,14 +227,25 @@ impl Forward {
         &self.identity
     }
 
-    /// Reads one key.
+    /// Reads one key. A GET that fails before any byte of an answer came back
+    /// (a pooled connection the server closed as we reused it) is sent once
+    /// more, on a new connection, within what is left of the timeout: a GET is
+    /// safe to repeat.
     pub async fn read(&self, key: &str) -> Result<Read, ForwardError> {
         let path = kv_server::key::encode_path(key);
-        let response = self
-            .request(Method::GET, &path)
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
+        let started = Instant::now();
+        let response = match self.request(Method::GET, &path).send().await {
+            Ok(response) => response,
+            Err(err) if failed_before_an_answer(&err) && started.elapsed() < self.timeout => {
+                tracing::debug!(cause = %with_causes(&err), "upstream GET failed before an answer; retrying once");
+                self.request(Method::GET, &path)
+                    .timeout(self.timeout.saturating_sub(started.elapsed()))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(e))?
+            }
+            Err(err) => return Err(self.error(err)),
+        };
         let generation = self.identity.observe(&self.base, response.headers());
         match response.status() {
             StatusCode::OK => {
@@ -379,6 +399,36 @@ pub fn trusted_roots(ca_file: Option<&Path>, what: &'static str) -> Result<Vec<r
         .map(|der| reqwest::Certificate::from_der(der))
         .collect::<Result<_, _>>()
         .map_err(|err| format!("{what} {}: {err}", path.display()))
+}
+
+/// Whether a request failed before any byte of an answer came back, on a
+/// connection that was open: closed or reset under it. Not a timeout, and not
+/// a failure to connect (sending again would fail the same way).
+fn failed_before_an_answer(err: &reqwest::Error) -> bool {
+    if err.is_timeout() || err.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        if let Some(hyper) = inner.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
 
 /// An error and each of its sources, for reqwest, whose own message

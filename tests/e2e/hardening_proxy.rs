@@ -309,3 +309,52 @@ async fn a_new_store_behind_the_proxy_flushes_its_cache() {
     assert_eq!((other_status.as_u16(), other_cache.as_str()), (404, "MISS"));
     assert_eq!(warned, 1, "one warning says why:\n{}", proxy.program.log());
 }
+
+/// A fake upstream that answers the first GET of each connection (keep-alive)
+/// and closes the connection, without a byte, when a second request comes on
+/// it: a server closing an idle connection just as the proxy reuses it.
+async fn closes_reused_connections() -> (tokio::task::JoinHandle<()>, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(read @ 1..) => head.extend_from_slice(&buffer[..read]),
+                        _ => return,
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\netag: \"1\"\r\ncontent-length: 5\r\n\r\nvalue";
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                // The next request gets no answer: the connection just closes.
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    (task, addr)
+}
+
+/// Item 11b: a GET that failed on a reused connection before any byte came
+/// back is retried once on a new one.
+#[tokio::test]
+async fn a_get_on_a_connection_the_upstream_closed_is_retried() {
+    let (_upstream, addr) = closes_reused_connections().await;
+    let proxy = Proxy::start(&format!("http://{addr}"), &["--cache-ttl", "60s"]);
+    let http = client();
+    let mut failed = 0;
+    let gets = 10;
+    for i in 0..gets {
+        let response = http.get(format!("{}/kv/k{i}", proxy.url)).send().await.unwrap();
+        if response.status() != 200 {
+            failed += 1;
+        }
+    }
+    eprintln!("item 11b, {gets} GETs, each on a pooled connection the upstream then closed: {failed} failed");
+    assert_eq!(failed, 0);
+}
