@@ -95,6 +95,12 @@ pub struct TelnetLimits {
     /// The most telnet connections at once; more are told so and closed.
     #[arg(long, env = "KV_TELNET_MAX_CONNECTIONS", default_value_t = 1024)]
     pub telnet_max_connections: usize,
+
+    /// Close a telnet connection whose client takes no reply bytes for this
+    /// long (it stopped reading): its session, its slot and shutdown are not
+    /// held by it.
+    #[arg(long, env = "KV_TELNET_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub telnet_write_timeout: Duration,
 }
 
 impl Default for TelnetLimits {
@@ -103,6 +109,7 @@ impl Default for TelnetLimits {
             telnet_max_line: 4100 << 10,
             telnet_idle_timeout: Duration::from_secs(300),
             telnet_max_connections: 1024,
+            telnet_write_timeout: Duration::from_secs(30),
         }
     }
 }

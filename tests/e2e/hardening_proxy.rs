@@ -358,3 +358,97 @@ async fn a_get_on_a_connection_the_upstream_closed_is_retried() {
     eprintln!("item 11b, {gets} GETs, each on a pooled connection the upstream then closed: {failed} failed");
     assert_eq!(failed, 0);
 }
+
+/// A telnet client that asks `GET big` 50 times and never reads, over a
+/// socket with a 4 KiB receive buffer.
+async fn non_reader(telnet: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(telnet).await.unwrap();
+    stream.write_all("GET big\n".repeat(50).as_bytes()).await.unwrap();
+    stream
+}
+
+/// Item 3: a telnet client that stops reading loses its session after the
+/// write timeout, and its slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_telnet_client_that_stops_reading_loses_its_session_and_slot() {
+    let (server, proxy) = server_and_proxy(&[
+        "--telnet-idle-timeout",
+        "2s",
+        "--telnet-max-connections",
+        "1",
+        "--telnet-write-timeout",
+        "2s",
+    ]);
+    let http = client();
+    http.put(format!("{}/kv/big", server.url))
+        .body(vec![b'x'; 512 << 10])
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut stuck = non_reader(proxy.telnet).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The slot frees once the session is closed; until then a second client is refused.
+    let served_after = loop {
+        let mut second = Telnet::connect(proxy.telnet).await;
+        second.send("GET small").await;
+        let reply = second.recv().await;
+        if reply == "NOT_FOUND" {
+            break started.elapsed();
+        }
+        assert!(reply.starts_with("ERR too many connections"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stuck session kept its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // What the stuck client can still read is bounded, then the connection ends.
+    let mut drained = 0usize;
+    let mut buffer = vec![0; 64 << 10];
+    let drain = async {
+        loop {
+            match stuck.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => drained += read,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the stuck session was closed");
+    eprintln!(
+        "item 3, a client with a 4 KiB receive buffer asking 50 x 512 KiB without reading: \
+         a second client was served after {} ms; the stuck one could still read {drained} bytes",
+        served_after.as_millis()
+    );
+    assert!(served_after < Duration::from_secs(6), "{served_after:?}");
+    assert!(drained < 50 * (512 << 10), "{drained}");
+}
+
+/// Item 3: shutdown completes within 10 s even while a telnet client that
+/// stops reading holds a session (its write timeout far away).
+#[tokio::test]
+async fn shutdown_completes_while_a_telnet_client_stops_reading() {
+    let (server, mut proxy) = server_and_proxy(&["--telnet-write-timeout", "60s"]);
+    client()
+        .put(format!("{}/kv/big", server.url))
+        .body(vec![b'x'; 512 << 10])
+        .send()
+        .await
+        .unwrap();
+    let _stuck = non_reader(proxy.telnet).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    // Fails the test if the proxy is still running 20 s after the signal.
+    let status = proxy.program.stop_with("TERM");
+    let took = asked.elapsed();
+    eprintln!(
+        "item 3, SIGTERM with a non-reading telnet client: the proxy stopped after {} ms ({status})",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
