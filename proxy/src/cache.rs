@@ -13,7 +13,12 @@
 //! Freshness is ours, not moka's: moka keeps an entry for TTL plus the
 //! `--stale-if-error` window, and we serve it as fresh only while younger than
 //! the TTL. The older ones are kept only to be served, marked STALE, when the
-//! upstream fails.
+//! upstream fails. An entry's age counts from when its upstream read *began*:
+//! a write that bypasses the proxy after that moment shows within the TTL of
+//! the write, however long the upstream took to answer.
+//!
+//! Entries also carry the generation of the upstream's store identity they
+//! were read from ([`StoreIdentity`]): one from an older store is never fresh.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +32,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::forward::StoreIdentity;
+
 /// One cached value, with what its response needs prebuilt.
 #[derive(Debug)]
 pub struct Cached {
@@ -34,20 +41,25 @@ pub struct Cached {
     pub content_type: HeaderValue,
     pub etag: HeaderValue,
     pub version: u64,
+    /// When the upstream read of this value began: the entry's age counts from here.
     pub stored_at: Instant,
+    /// The generation of the upstream's store identity it was read from.
+    pub generation: u64,
     /// Whether the value goes on a telnet line as it is; decided at the first
     /// telnet GET, since scanning it on every hit was a tenth of the work.
     bare: std::sync::OnceLock<bool>,
 }
 
 impl Cached {
-    pub fn new(value: Bytes, content_type: HeaderValue, version: u64) -> Self {
+    /// `read_at`: when the upstream read that found the value began.
+    pub fn new(value: Bytes, content_type: HeaderValue, version: u64, read_at: Instant, generation: u64) -> Self {
         Self {
             value,
             content_type,
             etag: kv_api::condition::etag(version),
             version,
-            stored_at: Instant::now(),
+            stored_at: read_at,
+            generation,
             bare: std::sync::OnceLock::new(),
         }
     }
@@ -144,19 +156,34 @@ pub struct CacheConfig {
 pub struct Cache {
     entries: Moka<String, Arc<Cached>>,
     config: CacheConfig,
+    identity: Arc<StoreIdentity>,
     pub counters: Counters,
+}
+
+/// What the fetch of a [`Cache::fill`] found.
+pub enum Fill {
+    /// A value to cache and answer with.
+    Keep(Cached),
+    /// A value to answer with but not cache (its key's state is uncertain).
+    Pass(Cached),
+    /// The upstream has no such key.
+    Absent,
 }
 
 /// The result of [`Cache::fill`].
 pub enum Filled {
-    /// The key has this value (fetched now, or by the fill we waited behind).
-    Value(Arc<Cached>),
+    /// The key has this value, fetched by this fill.
+    Fetched(Arc<Cached>),
+    /// The key has this value, an entry that another request's fill cached.
+    Shared(Arc<Cached>),
     /// The upstream has no such key.
     Absent,
 }
 
 impl Cache {
-    pub fn new(config: CacheConfig) -> Self {
+    /// A cache of what the upstream whose store is `identity` answers; a
+    /// change of identity flushes it.
+    pub fn new(config: CacheConfig, identity: Arc<StoreIdentity>) -> Self {
         let counters = Counters::default();
         let listener = {
             let counters = counters.clone();
@@ -176,9 +203,14 @@ impl Cache {
             .time_to_live(config.ttl + config.stale_if_error)
             .eviction_listener(listener)
             .build();
+        identity.on_change({
+            let entries = entries.clone();
+            move || entries.invalidate_all()
+        });
         Self {
             entries,
             config,
+            identity,
             counters,
         }
     }
@@ -197,7 +229,10 @@ impl Cache {
         if self.config.stale_if_error.is_zero() {
             return None;
         }
-        self.entries.get(key).await
+        self.entries
+            .get(key)
+            .await
+            .filter(|entry| entry.generation == self.identity.generation())
     }
 
     /// Fills `key` on a miss. `fetch` runs under the key's lock, so concurrent
@@ -205,29 +240,39 @@ impl Cache {
     pub async fn fill<F, Fut, E>(&self, key: &str, fetch: F) -> Result<Filled, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<Cached>, E>>,
+        Fut: Future<Output = Result<Fill, E>>,
         E: Send + Sync + 'static,
     {
         let this = self.clone();
+        let passed = std::sync::OnceLock::new();
         let result = self
             .entries
             .entry(key.to_owned())
-            .and_try_compute_with(|current| async move {
-                if let Some(current) = current
-                    && this.is_fresh(current.value())
-                {
-                    return Ok(Op::Nop);
+            .and_try_compute_with(|current| {
+                let passed = &passed;
+                async move {
+                    if let Some(current) = current
+                        && this.is_fresh(current.value())
+                    {
+                        return Ok(Op::Nop);
+                    }
+                    Ok(match fetch().await? {
+                        Fill::Keep(fetched) => Op::Put(Arc::new(fetched)),
+                        Fill::Pass(fetched) => {
+                            let _ = passed.set(Arc::new(fetched));
+                            Op::Remove
+                        }
+                        Fill::Absent => Op::Remove,
+                    })
                 }
-                Ok(match fetch().await? {
-                    Some(fetched) => Op::Put(Arc::new(fetched)),
-                    None => Op::Remove,
-                })
             })
             .await?;
+        if let Some(value) = passed.into_inner() {
+            return Ok(Filled::Fetched(value));
+        }
         Ok(match result {
-            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) | CompResult::Unchanged(entry) => {
-                Filled::Value(entry.into_value())
-            }
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => Filled::Fetched(entry.into_value()),
+            CompResult::Unchanged(entry) => Filled::Shared(entry.into_value()),
             CompResult::StillNone(_) | CompResult::Removed(_) => Filled::Absent,
         })
     }
@@ -240,7 +285,12 @@ impl Cache {
             .entry(key.to_owned())
             .and_compute_with(|current| {
                 let op = match (current, revision) {
-                    (Some(entry), Some(revision)) if entry.value().version >= revision => Op::Nop,
+                    (Some(entry), Some(revision))
+                        if entry.value().version >= revision
+                            && entry.value().generation == self.identity.generation() =>
+                    {
+                        Op::Nop
+                    }
                     (Some(_), _) => Op::Remove,
                     (None, _) => Op::Nop,
                 };
@@ -258,6 +308,6 @@ impl Cache {
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {
-        entry.stored_at.elapsed() < self.config.ttl
+        entry.stored_at.elapsed() < self.config.ttl && entry.generation == self.identity.generation()
     }
 }

@@ -22,6 +22,7 @@ pub mod defaults {
     pub const TELNET_MAX_LINE: &str = "4100KiB";
     pub const TELNET_IDLE_TIMEOUT: &str = "5m";
     pub const TELNET_MAX_CONNECTIONS: usize = 1024;
+    pub const TELNET_WRITE_TIMEOUT: &str = "30s";
 }
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
@@ -109,6 +110,12 @@ pub struct TelnetLimits {
     /// The most telnet connections at once; more are told so and closed.
     #[arg(long, env = "KV_TELNET_MAX_CONNECTIONS", default_value_t = defaults::TELNET_MAX_CONNECTIONS)]
     pub telnet_max_connections: usize,
+
+    /// Close a telnet connection whose client takes no reply bytes for this
+    /// long (it stopped reading): its session, its slot and shutdown are not
+    /// held by it.
+    #[arg(long, env = "KV_TELNET_WRITE_TIMEOUT", default_value = defaults::TELNET_WRITE_TIMEOUT, value_parser = parse_duration)]
+    pub telnet_write_timeout: Duration,
 }
 
 impl Default for TelnetLimits {
@@ -117,6 +124,7 @@ impl Default for TelnetLimits {
             telnet_max_line: limits::defaults::parse(defaults::TELNET_MAX_LINE, parse_size),
             telnet_idle_timeout: limits::defaults::parse(defaults::TELNET_IDLE_TIMEOUT, parse_duration),
             telnet_max_connections: defaults::TELNET_MAX_CONNECTIONS,
+            telnet_write_timeout: limits::defaults::parse(defaults::TELNET_WRITE_TIMEOUT, parse_duration),
         }
     }
 }

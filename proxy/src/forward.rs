@@ -9,7 +9,9 @@
 //! body is re-framed with its own length (no request smuggling through us).
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
@@ -31,6 +33,8 @@ pub struct Fetched {
     pub value: Bytes,
     pub content_type: HeaderValue,
     pub version: u64,
+    /// The [`StoreIdentity`] generation of the store that answered.
+    pub generation: u64,
 }
 
 /// An upstream answer passed through to the client as it came.
@@ -60,6 +64,65 @@ pub enum Read {
     Other(Passed),
 }
 
+/// The identity of the store behind the upstream, as its answers last said
+/// (`X-Kv-Store-Id`, see `kv-server`'s `store::identity`), and a generation that
+/// moves on each change.
+///
+/// Revisions are numbered per store: a server restarted on an empty or
+/// restored data directory counts from an earlier revision again, and cached
+/// versions from the old store would win the ordering rule against the new
+/// store's writes. So a change of identity flushes the cache (the hook set
+/// with [`StoreIdentity::on_change`]), and an entry read from an older
+/// generation is never served as fresh, even one a fill in flight inserts
+/// after the flush.
+#[derive(Default)]
+pub struct StoreIdentity {
+    last: Mutex<Option<HeaderValue>>,
+    generation: AtomicU64,
+    on_change: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl StoreIdentity {
+    /// The generation of the store seen last.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets what to do when the identity changes (flush the cache); once.
+    pub fn on_change(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(hook));
+    }
+
+    /// Notes the identity an answer carried (an answer without one, from an
+    /// older server, changes nothing) and returns the generation the answer
+    /// belongs to.
+    pub fn observe(&self, upstream: &str, headers: &HeaderMap) -> u64 {
+        let Some(id) = headers.get(&kv_api::condition::X_KV_STORE_ID) else {
+            return self.generation();
+        };
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.as_ref() {
+            Some(seen) if seen == id => {}
+            None => *last = Some(id.clone()),
+            Some(seen) => {
+                tracing::warn!(
+                    upstream,
+                    was = ?seen,
+                    now = ?id,
+                    "the upstream's store id changed (a new or restored data directory): \
+                     its revisions cannot be compared with the cached ones; flushing the cache"
+                );
+                *last = Some(id.clone());
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                if let Some(hook) = self.on_change.get() {
+                    hook();
+                }
+            }
+        }
+        self.generation()
+    }
+}
+
 /// Headers of an upstream answer that the client should see.
 const PASSED_HEADERS: [HeaderName; 8] = [
     header::CONTENT_TYPE,
@@ -80,12 +143,22 @@ const FORWARDED_HEADERS: [HeaderName; 4] = [
     header::ACCEPT,
 ];
 
+/// How long an idle upstream connection stays in the pool. kv-server closes a
+/// kept-alive connection that sends no request head within its
+/// `--header-read-timeout` (hyper starts that timer as it waits for the next
+/// head; 30 s by default). Reusing a connection the server is closing fails
+/// with no byte answered, so the pool lets connections go well before that.
+/// (A server run with a shorter `--header-read-timeout` is covered by the one
+/// retry of a GET in [`Forward::read`].)
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Clone)]
 pub struct Forward {
     client: reqwest::Client,
     base: String,
     timeout: Duration,
     token: Option<HeaderValue>,
+    identity: Arc<StoreIdentity>,
 }
 
 impl Forward {
@@ -125,7 +198,7 @@ impl Forward {
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .read_timeout(timeout)
             .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .http1_only()
             .build()
@@ -141,6 +214,7 @@ impl Forward {
             base,
             timeout,
             token,
+            identity: Arc::default(),
         })
     }
 
@@ -148,14 +222,31 @@ impl Forward {
         &self.base
     }
 
-    /// Reads one key.
+    /// The identity of the upstream's store, as its answers say it.
+    pub fn identity(&self) -> &Arc<StoreIdentity> {
+        &self.identity
+    }
+
+    /// Reads one key. A GET that fails before any byte of an answer came back
+    /// (a pooled connection the server closed as we reused it) is sent once
+    /// more, on a new connection, within what is left of the timeout: a GET is
+    /// safe to repeat.
     pub async fn read(&self, key: &str) -> Result<Read, ForwardError> {
         let path = kv_api::key::encode_path(key);
-        let response = self
-            .request(Method::GET, &path)
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
+        let started = Instant::now();
+        let response = match self.request(Method::GET, &path).send().await {
+            Ok(response) => response,
+            Err(err) if failed_before_an_answer(&err) && started.elapsed() < self.timeout => {
+                tracing::debug!(cause = %with_causes(&err), "upstream GET failed before an answer; retrying once");
+                self.request(Method::GET, &path)
+                    .timeout(self.timeout.saturating_sub(started.elapsed()))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(e))?
+            }
+            Err(err) => return Err(self.error(err)),
+        };
+        let generation = self.identity.observe(&self.base, response.headers());
         match response.status() {
             StatusCode::OK => {
                 let content_type = response
@@ -179,6 +270,7 @@ impl Forward {
                     value,
                     content_type,
                     version,
+                    generation,
                 }))
             }
             StatusCode::NOT_FOUND => Ok(Read::NotFound),
@@ -224,7 +316,9 @@ impl Forward {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, token);
         }
-        request.send().await.map_err(|e| self.error(e))
+        let response = request.send().await.map_err(|e| self.error(e))?;
+        self.identity.observe(&self.base, response.headers());
+        Ok(response)
     }
 
     /// Whether the upstream answers its health check.
@@ -232,7 +326,13 @@ impl Forward {
         let request = self
             .request(Method::GET, "/healthz")
             .timeout(self.timeout.min(Duration::from_secs(2)));
-        matches!(request.send().await, Ok(r) if r.status().is_success())
+        match request.send().await {
+            Ok(response) => {
+                self.identity.observe(&self.base, response.headers());
+                response.status().is_success()
+            }
+            Err(_) => false,
+        }
     }
 
     /// Copies the headers the client should see from an upstream answer.
@@ -259,6 +359,7 @@ impl Forward {
 
     async fn collect(&self, response: reqwest::Response) -> Result<Passed, ForwardError> {
         let status = response.status();
+        self.identity.observe(&self.base, response.headers());
         let headers = Self::passed_headers(response.headers());
         let body = response.bytes().await.map_err(|e| self.error(e))?;
         Ok(Passed { status, headers, body })
@@ -298,6 +399,36 @@ pub fn trusted_roots(ca_file: Option<&Path>, what: &'static str) -> Result<Vec<r
         .map(|der| reqwest::Certificate::from_der(der))
         .collect::<Result<_, _>>()
         .map_err(|err| format!("{what} {}: {err}", path.display()))
+}
+
+/// Whether a request failed before any byte of an answer came back, on a
+/// connection that was open: closed or reset under it. Not a timeout, and not
+/// a failure to connect (sending again would fail the same way).
+fn failed_before_an_answer(err: &reqwest::Error) -> bool {
+    if err.is_timeout() || err.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        if let Some(hyper) = inner.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
 
 /// An error and each of its sources, for reqwest, whose own message

@@ -18,7 +18,6 @@ use kv_edge::metrics::{self, Metrics};
 use kv_edge::request::{Key, read_body};
 use kv_edge::shortcut::{Shortcut, plain_get};
 
-use crate::cache::CacheStatus;
 use crate::forward::{ForwardError, Passed};
 use crate::proxy::{Lookup, Proxy, ReadError};
 
@@ -110,7 +109,7 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
     headers.insert(header::ETAG, value.etag.clone());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(X_CACHE.clone(), x_cache);
-    if lookup.status != CacheStatus::Miss {
+    if lookup.shows_age {
         headers.insert(header::AGE, HeaderValue::from(lookup.age().as_secs()));
     }
     response

@@ -58,14 +58,19 @@ impl ProxyServer {
             config.upstream_ca_file.as_deref(),
         )?;
         let tls = config.tls.load().map_err(|err| err.to_string())?;
-        let cache = cache::Cache::new(cache::CacheConfig {
-            ttl: config.cache_ttl,
-            stale_if_error: config.stale_if_error,
-            max_bytes: config.cache_max_bytes,
-        });
+        let cache = cache::Cache::new(
+            cache::CacheConfig {
+                ttl: config.cache_ttl,
+                stale_if_error: config.stale_if_error,
+                max_bytes: config.cache_max_bytes,
+            },
+            forward.identity().clone(),
+        );
         let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
         cache.counters.register(metrics.registry_mut());
-        let proxy = proxy::Proxy::new(cache, forward).with_fill_delay(config.debug_fill_delay);
+        let proxy = proxy::Proxy::new(cache, forward)
+            .with_fill_delay(config.debug_fill_delay)
+            .with_unknown_outcome_window(config.upstream_timeout);
         Ok(Self {
             config,
             token,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-use kv_edge::{auth, metrics, serve, tls};
+use kv_api::condition::X_KV_STORE_ID;
+use kv_edge::{auth, metrics, serve, shortcut, tls};
 use store::engine::{OpenError, RedbOptions};
 use store::{RedbStore, Store};
 
@@ -37,6 +38,8 @@ pub enum StartError {
 pub struct Server {
     config: Config,
     store: RedbStore,
+    /// Sent on every answer as `X-Kv-Store-Id`.
+    store_id: axum::http::HeaderValue,
     token: Option<auth::Token>,
     tls: Option<kv_edge::tls::TlsAcceptor>,
 }
@@ -55,10 +58,17 @@ impl Server {
             cache_bytes: usize::try_from(config.store_cache_bytes()).unwrap_or(usize::MAX),
             ..RedbOptions::default()
         };
+        let new_store = !config
+            .data_dir
+            .join(store::engine::FILE_NAME)
+            .try_exists()
+            .unwrap_or(true);
         let store = RedbStore::open(&config.data_dir, &options)?;
+        let store_id = store::identity::load_or_create(&config.data_dir, new_store).map_err(StartError::Config)?;
         Ok(Self {
             config,
             store,
+            store_id,
             token,
             tls,
         })
@@ -72,6 +82,7 @@ impl Server {
         tracing::info!(
             keys = self.store.len().unwrap_or(0),
             revision = self.store.revision(),
+            store_id = ?self.store_id,
             store_cache = self.config.store_cache_bytes(),
             "kv-server listening on {}://{addr}, data in {}",
             if self.tls.is_some() { "https" } else { "http" },
@@ -83,10 +94,30 @@ impl Server {
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
             token: self.token.clone(),
         };
-        let reads = http::Reads::new(&state);
-        let app = http::app(state, self.config.http.request_timeout);
+        let reads = StoreIdOn(http::Reads::new(&state), self.store_id.clone());
+        let store_id = self.store_id.clone();
+        let app = http::app(state, self.config.http.request_timeout).layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                response.headers_mut().insert(X_KV_STORE_ID.clone(), store_id.clone());
+                std::future::ready(response)
+            },
+        ));
         serve::serve(listener, app, reads, &self.config.http, self.tls.clone(), shutdown).await;
         self.store.close().await;
         tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");
+    }
+}
+
+/// A shortcut whose answers carry the store id, as the router's do.
+struct StoreIdOn<S>(S, axum::http::HeaderValue);
+
+impl<S: shortcut::Shortcut> shortcut::Shortcut for StoreIdOn<S> {
+    async fn answer(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<axum::response::Response, hyper::Request<hyper::body::Incoming>> {
+        let mut response = self.0.answer(request).await?;
+        response.headers_mut().insert(X_KV_STORE_ID.clone(), self.1.clone());
+        Ok(response)
     }
 }

@@ -10,24 +10,24 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A fresh server and a proxy in front of it, started with `args`.
-fn server_and_proxy(args: &[&str]) -> (Server, Proxy) {
+pub(crate) fn server_and_proxy(args: &[&str]) -> (Server, Proxy) {
     let server = Server::start();
     let proxy = Proxy::start(&server.url, args);
     (server, proxy)
 }
 
-fn x_cache(response: &Response) -> String {
+pub(crate) fn x_cache(response: &Response) -> String {
     header(response, "x-cache").unwrap_or_else(|| panic!("no X-Cache in {response:?}"))
 }
 
-async fn put(http: &Client, url: &str, value: &str) -> Response {
+pub(crate) async fn put(http: &Client, url: &str, value: &str) -> Response {
     let response = http.put(url).body(value.to_owned()).send().await.unwrap();
     assert!(response.status().is_success(), "PUT {url}: {response:?}");
     response
 }
 
 /// GETs `url` and returns (X-Cache, body); the answer must be 200.
-async fn get(http: &Client, url: &str) -> (String, String) {
+pub(crate) async fn get(http: &Client, url: &str) -> (String, String) {
     let response = http.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "GET {url}");
     let cache = x_cache(&response);

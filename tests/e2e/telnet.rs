@@ -13,7 +13,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A line-protocol client over a real TCP socket. It ends its lines with
 /// `eol` and checks that every reply line ends the same way.
-struct Telnet {
+pub(crate) struct Telnet {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     eol: &'static str,
@@ -21,12 +21,12 @@ struct Telnet {
 
 impl Telnet {
     /// A client that ends lines with CRLF, as telnet does.
-    async fn connect(addr: SocketAddr) -> Self {
+    pub(crate) async fn connect(addr: SocketAddr) -> Self {
         Self::connect_with(addr, "\r\n").await
     }
 
     /// A client that ends lines with LF, as nc and scripts do.
-    async fn connect_lf(addr: SocketAddr) -> Self {
+    pub(crate) async fn connect_lf(addr: SocketAddr) -> Self {
         Self::connect_with(addr, "\n").await
     }
 
@@ -40,7 +40,7 @@ impl Telnet {
         }
     }
 
-    async fn send(&mut self, line: &str) {
+    pub(crate) async fn send(&mut self, line: &str) {
         self.send_raw(format!("{line}{}", self.eol).as_bytes()).await;
     }
 
@@ -60,7 +60,7 @@ impl Telnet {
     }
 
     /// The next reply line, checked to end with the client's own line ending.
-    async fn recv(&mut self) -> String {
+    pub(crate) async fn recv(&mut self) -> String {
         let line = String::from_utf8(self.recv_raw().await).expect("UTF-8 reply");
         let text = line
             .strip_suffix(self.eol)
@@ -69,7 +69,7 @@ impl Telnet {
         text.to_owned()
     }
 
-    async fn ask(&mut self, line: &str) -> String {
+    pub(crate) async fn ask(&mut self, line: &str) -> String {
         self.send(line).await;
         self.recv().await
     }
@@ -89,7 +89,7 @@ impl Telnet {
     }
 
     /// Whatever arrives until the proxy closes the connection (a reset counts as closed).
-    async fn rest_until_closed(&mut self) -> Vec<u8> {
+    pub(crate) async fn rest_until_closed(&mut self) -> Vec<u8> {
         let mut rest = Vec::new();
         let read = tokio::time::timeout(REPLY_TIMEOUT, self.reader.read_to_end(&mut rest)).await;
         match read.expect("the proxy closes the connection") {

@@ -82,8 +82,21 @@ pub async fn serve(listener: TcpListener, shared: Session, cancel: CancellationT
     }
     drop(listener);
     tracker.close();
-    tracker.wait().await;
+    // Sessions were told to end; one stuck writing to a client that does not
+    // read ends at its write timeout, which may be far. Shutdown does not wait
+    // for it: past the grace, the session threads stop (with `workers`, when
+    // this returns) and what is left of the sessions is dropped.
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            sessions = tracker.len(),
+            "telnet sessions still busy {}s after shutdown began (clients not reading); closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
 }
+
+/// How long shutdown waits for telnet sessions to end.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn refuse(stream: TcpStream) {
     let (reader, writer) = stream.into_split();
@@ -116,7 +129,7 @@ async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken
     let mut authenticated = shared.token.is_none();
     let (reader, writer) = stream.into_split();
     let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
-    let mut connection = Connection::new(reader, writer, max_line);
+    let mut connection = Connection::new(reader, writer, max_line).with_write_timeout(limits.telnet_write_timeout);
     // One idle timer and one shutdown waiter for the whole session: arming a
     // timer and a waiter for every line cost more than the rest of a cached GET.
     // The timer is re-armed only when it fires before the session was idle

@@ -13,6 +13,12 @@ use crate::error::ApiError;
 /// `X-Kv-Revision`: the store revision a write took.
 pub static X_KV_REVISION: HeaderName = HeaderName::from_static("x-kv-revision");
 
+/// `X-Kv-Store-Id`: the random identity of the store that answered. Revisions
+/// are per store: a client that compares versions (the proxy's cache) must
+/// notice when it is talking to another store (a server restarted on a new
+/// or restored data directory).
+pub static X_KV_STORE_ID: HeaderName = HeaderName::from_static("x-kv-store-id");
+
 /// The ETag of a key at `version`: the number, quoted.
 pub fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")

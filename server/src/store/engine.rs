@@ -372,7 +372,7 @@ fn create_file(data_dir: &Path, path: &Path) -> std::io::Result<()> {
 }
 
 /// Makes a directory's entries durable (a no-op where directories cannot be synced).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
         Err(e)

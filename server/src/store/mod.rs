@@ -6,6 +6,7 @@
 //! are what ETags, conditional writes and the proxy's cache ordering rest on.
 
 pub mod engine;
+pub mod identity;
 mod record;
 pub mod wal;
 mod writer;
