@@ -30,9 +30,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
-use crate::forward::StoreIdentity;
+use crate::upstream::StoreIdentity;
 
 /// One cached value, with what its response needs prebuilt.
 #[derive(Debug)]
@@ -95,53 +94,17 @@ impl CacheStatus {
     }
 }
 
-/// The cache's counters (and its size in bytes), exported on `/metrics` and by `STATS`.
+/// What only the cache sees: evictions and expirations (moka's listener
+/// counts them) and its size. The service owns the other figures and exports
+/// these with them.
 #[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub hits: Counter,
-    pub misses: Counter,
-    pub stale: Counter,
+pub struct CacheCounters {
     pub evictions: Counter,
     pub expirations: Counter,
-    pub upstream_requests: Counter,
-    pub upstream_errors: Counter,
     /// Weighted bytes held, as the `--cache-max-bytes` bound counts them.
     /// Moka only knows this after its housekeeping, so [`Cache::size`] refreshes
     /// it on every `/metrics` scrape and `STATS`.
     pub bytes: Gauge,
-}
-
-impl Counters {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register("cache_hits", "GETs answered from the cache", self.hits.clone());
-        registry.register("cache_misses", "GETs that had to ask the upstream", self.misses.clone());
-        registry.register(
-            "cache_stale",
-            "Expired entries served because the upstream failed",
-            self.stale.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Entries evicted to stay under --cache-max-bytes",
-            self.evictions.clone(),
-        );
-        registry.register("cache_expirations", "Entries dropped for age", self.expirations.clone());
-        registry.register(
-            "upstream_requests",
-            "Requests sent to the upstream kv-server",
-            self.upstream_requests.clone(),
-        );
-        registry.register(
-            "upstream_errors",
-            "Upstream requests that failed or timed out",
-            self.upstream_errors.clone(),
-        );
-        registry.register(
-            "cache_bytes",
-            "Bytes held in the cache, counting keys, values and headers",
-            self.bytes.clone(),
-        );
-    }
 }
 
 /// What the cache was built with.
@@ -157,7 +120,7 @@ pub struct Cache {
     entries: Moka<String, Arc<Cached>>,
     config: CacheConfig,
     identity: Arc<StoreIdentity>,
-    pub counters: Counters,
+    pub counters: CacheCounters,
 }
 
 /// What the fetch of a [`Cache::fill`] found.
@@ -184,7 +147,7 @@ impl Cache {
     /// A cache of what the upstream whose store is `identity` answers; a
     /// change of identity flushes it.
     pub fn new(config: CacheConfig, identity: Arc<StoreIdentity>) -> Self {
-        let counters = Counters::default();
+        let counters = CacheCounters::default();
         let listener = {
             let counters = counters.clone();
             move |_key: Arc<String>, _value: Arc<Cached>, cause: RemovalCause| match cause {
@@ -309,5 +272,140 @@ impl Cache {
 
     fn is_fresh(&self, entry: &Cached) -> bool {
         entry.stored_at.elapsed() < self.config.ttl && entry.generation == self.identity.generation()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    fn cache(ttl: Duration) -> (Cache, Arc<StoreIdentity>) {
+        let identity = Arc::new(StoreIdentity::default());
+        let config = CacheConfig {
+            ttl,
+            stale_if_error: Duration::ZERO,
+            max_bytes: 1 << 20,
+        };
+        (Cache::new(config, identity.clone()), identity)
+    }
+
+    fn value(text: &'static str, version: u64) -> Cached {
+        Cached::new(
+            Bytes::from_static(text.as_bytes()),
+            HeaderValue::from_static("text/plain"),
+            version,
+            Instant::now(),
+            0,
+        )
+    }
+
+    async fn fill(cache: &Cache, key: &str, fetched: Fill) -> Option<u64> {
+        let filled = cache
+            .fill(key, || async { Ok::<_, Infallible>(fetched) })
+            .await
+            .unwrap();
+        match filled {
+            Filled::Fetched(entry) | Filled::Shared(entry) => Some(entry.version),
+            Filled::Absent => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_keeps_only_an_entry_at_least_as_new_as_the_write() {
+        let (cache, _) = cache(Duration::from_secs(60));
+        fill(&cache, "k", Fill::Keep(value("v5", 5))).await;
+        cache.invalidate("k", Some(5)).await;
+        assert_eq!(
+            cache.fresh("k").await.map(|e| e.version),
+            Some(5),
+            "already as new as the write"
+        );
+        cache.invalidate("k", Some(6)).await;
+        assert!(cache.fresh("k").await.is_none(), "older than the write");
+        fill(&cache, "k", Fill::Keep(value("v7", 7))).await;
+        cache.invalidate("k", None).await;
+        assert!(cache.fresh("k").await.is_none(), "an unknown outcome drops the entry");
+    }
+
+    #[tokio::test]
+    async fn a_slow_fill_and_a_write_are_serialised_so_the_old_value_cannot_return() {
+        // The fill read version 1 and is slow to insert it; the write of version
+        // 2 is acknowledged meanwhile and its invalidation waits for the key's
+        // lock, then drops what the fill inserted.
+        let (cache, _) = cache(Duration::from_secs(60));
+        let (read, reading) = tokio::sync::oneshot::channel::<()>();
+        let slow = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .fill("k", || async move {
+                        let _ = read.send(());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, Infallible>(Fill::Keep(value("old", 1)))
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        };
+        reading.await.unwrap();
+        cache.invalidate("k", Some(2)).await;
+        slow.await.unwrap().unwrap();
+        assert!(
+            cache.fresh("k").await.is_none(),
+            "the old value came back after the write"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let (cache, _) = cache(Duration::from_secs(60));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let misses = (0..20).map(|_| {
+            let (cache, fetches) = (cache.clone(), fetches.clone());
+            tokio::spawn(async move {
+                cache
+                    .fill("k", || async move {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, Infallible>(Fill::Keep(value("v", 1)))
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        });
+        for miss in misses.collect::<Vec<_>>() {
+            miss.await.unwrap().unwrap();
+        }
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_fresh_for_the_ttl_only_and_a_pass_is_not_cached() {
+        let (cache, _) = cache(Duration::from_millis(50));
+        fill(&cache, "k", Fill::Keep(value("v", 1))).await;
+        assert!(cache.fresh("k").await.is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.fresh("k").await.is_none(), "older than the TTL");
+        assert_eq!(fill(&cache, "p", Fill::Pass(value("v", 1))).await, Some(1), "answered");
+        assert!(cache.fresh("p").await.is_none(), "but not cached");
+    }
+
+    #[tokio::test]
+    async fn a_new_store_identity_makes_every_entry_stale() {
+        let (cache, identity) = cache(Duration::from_secs(60));
+        let answer = |id: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(kv_api::condition::X_KV_STORE_ID.clone(), HeaderValue::from_static(id));
+            headers
+        };
+        identity.observe("test", &answer("aaaa"));
+        fill(&cache, "k", Fill::Keep(value("v", 9))).await;
+        assert!(cache.fresh("k").await.is_some());
+        identity.observe("test", &answer("bbbb"));
+        assert!(cache.fresh("k").await.is_none(), "an entry of the old store was served");
     }
 }

@@ -18,14 +18,14 @@ use kv_edge::metrics::{self, Metrics};
 use kv_edge::request::{Key, read_body};
 use kv_edge::shortcut::{Shortcut, plain_get};
 
-use crate::forward::{ForwardError, Passed};
-use crate::proxy::{Lookup, Proxy, ReadError};
+use crate::service::{GetError, Lookup, Service};
+use crate::upstream::{Relayed, UpstreamError};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 #[derive(Clone)]
 pub struct ProxyState {
-    pub proxy: Proxy,
+    pub service: Service,
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
     /// Checked before the cache is consulted.
@@ -66,7 +66,7 @@ impl Shortcut for Hits {
         let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
             return Err(request);
         };
-        let Some(lookup) = state.proxy.hit(&key).await else {
+        let Some(lookup) = state.service.hit(&key).await else {
             return Err(request);
         };
         let mut response = lookup_response(&key, &lookup, &if_none_match);
@@ -82,7 +82,7 @@ async fn get_key(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
-    let lookup = state.proxy.get(&key).await?;
+    let lookup = state.service.get(&key).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
 }
 
@@ -122,8 +122,8 @@ async fn put_key(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
-    let passed = state.proxy.write(Method::PUT, &key, &parts.headers, value).await?;
-    Ok(passed_response(passed))
+    let passed = state.service.write(Method::PUT, &key, &parts.headers, value).await?;
+    Ok(relayed_response(passed))
 }
 
 async fn delete_key(
@@ -132,10 +132,10 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ProxyError> {
     let passed = state
-        .proxy
+        .service
         .write(Method::DELETE, &key, &headers, bytes::Bytes::new())
         .await?;
-    Ok(passed_response(passed))
+    Ok(relayed_response(passed))
 }
 
 /// DUMP is never cached: the upstream's answer streams through as it comes.
@@ -145,12 +145,12 @@ async fn delete_key(
 async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
     let query = kv_api::dump::Query::parse(request.uri().query())?;
     let upstream = state
-        .proxy
-        .forward
+        .service
+        .upstream
         .stream(&query.path_and_query(), request.headers().get(header::ACCEPT))
         .await?;
     let status = upstream.status();
-    let headers = crate::forward::Forward::passed_headers(upstream.headers());
+    let headers = crate::upstream::Upstream::relayed_headers(upstream.headers());
     let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -158,7 +158,7 @@ async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<
 }
 
 async fn healthz(State(state): State<Arc<ProxyState>>) -> Response {
-    let upstream = if state.proxy.forward.healthy().await {
+    let upstream = if state.service.upstream.healthy().await {
         "ok"
     } else {
         "unavailable"
@@ -167,7 +167,7 @@ async fn healthz(State(state): State<Arc<ProxyState>>) -> Response {
 }
 
 async fn metrics_page(State(state): State<Arc<ProxyState>>) -> Response {
-    let (entries, _) = state.proxy.cache.size().await;
+    let (entries, _) = state.service.cache.size().await;
     state.metrics.keys.set(i64::try_from(entries).unwrap_or(i64::MAX));
     metrics::exposition(&state.metrics)
 }
@@ -176,7 +176,7 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], routes::OPENAPI_YAML)
 }
 
-fn passed_response(passed: Passed) -> Response {
+fn relayed_response(passed: Relayed) -> Response {
     let mut response = Response::new(Body::from(passed.body));
     *response.status_mut() = passed.status;
     *response.headers_mut() = passed.headers;
@@ -187,8 +187,8 @@ fn passed_response(passed: Passed) -> Response {
 /// the upstream's (passed through, or 502/504 when it gave no answer).
 pub enum ProxyError {
     Api(ApiError),
-    Read(ReadError),
-    Forward(ForwardError),
+    Get(GetError),
+    Upstream(UpstreamError),
 }
 
 impl From<ApiError> for ProxyError {
@@ -197,24 +197,24 @@ impl From<ApiError> for ProxyError {
     }
 }
 
-impl From<ReadError> for ProxyError {
-    fn from(err: ReadError) -> Self {
-        Self::Read(err)
+impl From<GetError> for ProxyError {
+    fn from(err: GetError) -> Self {
+        Self::Get(err)
     }
 }
 
-impl From<ForwardError> for ProxyError {
-    fn from(err: ForwardError) -> Self {
-        Self::Forward(err)
+impl From<UpstreamError> for ProxyError {
+    fn from(err: UpstreamError) -> Self {
+        Self::Upstream(err)
     }
 }
 
 /// The 502 or 504 for an upstream that gave no answer.
-pub fn upstream_error(err: &ForwardError) -> ApiError {
+pub fn upstream_error(err: &UpstreamError) -> ApiError {
     tracing::warn!(cause = %err, "upstream request failed");
     let status = match err {
-        ForwardError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
-        ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+        UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
     };
     ApiError::new(ErrorCode::UpstreamUnavailable, err.to_string()).with_status(status)
 }
@@ -223,8 +223,8 @@ impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         match self {
             Self::Api(err) => err.into_response(),
-            Self::Forward(err) | Self::Read(ReadError::Forward(err)) => upstream_error(&err).into_response(),
-            Self::Read(ReadError::Upstream(passed)) => passed_response(passed),
+            Self::Upstream(err) | Self::Get(GetError::Unreachable(err)) => upstream_error(&err).into_response(),
+            Self::Get(GetError::Refused(passed)) => relayed_response(passed),
         }
     }
 }

@@ -2,18 +2,18 @@
 //!
 //! # Layout
 //! - [`config`]: the command line (`--listen`, `--upstream`, `--cache-ttl`...).
-//! - [`forward`]: the reqwest client that talks to the upstream kv-server.
+//! - [`upstream`]: the reqwest client that talks to the upstream kv-server, and its store's identity.
 //! - [`cache`]: the moka cache, its freshness and its ordering rule against stale fills.
-//! - [`proxy`]: the operations (read-through GET, write-then-invalidate) both fronts share.
+//! - [`service`]: the operations (read-through GET, write-then-invalidate) both fronts share.
 //! - [`http`]: the HTTP front, the same API as kv-server plus `X-Cache` and `Age`.
 //! - [`telnet`]: the line protocol: framing, commands, sessions.
 
 pub mod cache;
 pub mod config;
-pub mod forward;
 pub mod http;
-pub mod proxy;
+pub mod service;
 pub mod telnet;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub use config::Config;
 pub struct ProxyServer {
     config: Config,
     token: Option<kv_edge::auth::Token>,
-    proxy: proxy::Proxy,
+    service: service::Service,
     metrics: Arc<Metrics>,
     tls: Option<kv_edge::tls::TlsAcceptor>,
 }
@@ -51,7 +51,7 @@ impl ProxyServer {
             .load()?,
             None => token.clone(),
         };
-        let forward = forward::Forward::new(
+        let upstream = upstream::Upstream::new(
             &config.upstream,
             config.upstream_timeout,
             upstream_token.as_ref().map(kv_edge::auth::Token::as_str),
@@ -64,17 +64,17 @@ impl ProxyServer {
                 stale_if_error: config.stale_if_error,
                 max_bytes: config.cache_max_bytes,
             },
-            forward.identity().clone(),
+            upstream.identity().clone(),
         );
-        let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
-        cache.counters.register(metrics.registry_mut());
-        let proxy = proxy::Proxy::new(cache, forward)
+        let service = service::Service::new(cache, upstream)
             .with_fill_delay(config.debug_fill_delay)
             .with_unknown_outcome_window(config.upstream_timeout);
+        let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
+        service.register(metrics.registry_mut());
         Ok(Self {
             config,
             token,
-            proxy,
+            service,
             metrics: Arc::new(metrics),
             tls,
         })
@@ -87,7 +87,7 @@ impl ProxyServer {
 
     fn state(&self) -> http::ProxyState {
         http::ProxyState {
-            proxy: self.proxy.clone(),
+            service: self.service.clone(),
             metrics: self.metrics.clone(),
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
             token: self.token.clone(),
@@ -102,7 +102,7 @@ impl ProxyServer {
             max_bytes = self.config.cache_max_bytes,
             "kv-proxy listening on {}://{addr}, forwarding to {}",
             if self.tls.is_some() { "https" } else { "http" },
-            self.proxy.forward.upstream()
+            self.service.upstream.upstream()
         );
         let cancel = CancellationToken::new();
         let telnet_task = telnet.map(|listener| {
@@ -112,7 +112,7 @@ impl ProxyServer {
                 addr.replace(':', " ")
             );
             let shared = telnet::Session {
-                proxy: self.proxy.clone(),
+                service: self.service.clone(),
                 limits: self.config.telnet.clone(),
                 token: self.token.clone(),
             };

@@ -416,6 +416,21 @@ fn stats_come_from_the_proxy() {
     assert!(figure("cache_misses") >= 1.0, "{figures:?}");
     figure("cache_entries");
 
+    // Telnet's STATS prints the same figures under the same names.
+    let mut names: Vec<&str> = figures.iter().map(|(name, _)| name.as_str()).collect();
+    let mut telnet = std::net::TcpStream::connect(system.proxy.telnet).expect("telnet");
+    std::io::Write::write_all(&mut telnet, b"STATS\nQUIT\n").expect("send STATS");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut telnet, &mut reply).expect("read STATS");
+    let mut telnet_names: Vec<&str> = reply
+        .lines()
+        .take_while(|line| *line != "END")
+        .filter_map(|line| line.split_once(' ').map(|(name, _)| name))
+        .collect();
+    names.sort_unstable();
+    telnet_names.sort_unstable();
+    assert_eq!(names, telnet_names, "kv stats and telnet STATS name the same figures");
+
     // A bare kv-server has no cache: say so, as a usage error.
     let bare = kv(&system.server.url, &["stats"]);
     let line = bare.fails_with_one_line(2);

@@ -217,10 +217,13 @@ async fn the_cache_is_bounded_by_bytes() {
     }
 
     let stats = telnet_stats(&proxy).await;
-    assert_eq!(stats["max_bytes"], LIMIT);
-    assert!(stats["bytes"] <= LIMIT, "{stats:?}");
-    assert!(stats["entries"] < 48 && stats["entries"] * 4096 <= LIMIT, "{stats:?}");
-    assert!(stats["evictions"] > 0, "{stats:?}");
+    assert_eq!(stats["cache_max_bytes"], LIMIT);
+    assert!(stats["cache_bytes"] <= LIMIT, "{stats:?}");
+    assert!(
+        stats["cache_entries"] < 48 && stats["cache_entries"] * 4096 <= LIMIT,
+        "{stats:?}"
+    );
+    assert!(stats["cache_evictions"] > 0, "{stats:?}");
     let text = metrics(&http, &proxy.url).await;
     assert!(metric(&text, "kv_proxy_cache_evictions_total") > 0.0, "{text}");
     assert!(metric(&text, "kv_proxy_cache_bytes") <= LIMIT as f64, "{text}");

@@ -139,7 +139,13 @@ async fn the_session_from_the_issue_line_by_line() {
             .unwrap_or_else(|| panic!("not `name value`: {line}"));
         assert!(!name.is_empty() && !value.is_empty(), "{line}");
     }
-    for name in ["hits", "misses", "entries", "bytes", "evictions"] {
+    for name in [
+        "cache_hits",
+        "cache_misses",
+        "cache_entries",
+        "cache_bytes",
+        "cache_evictions",
+    ] {
         assert!(
             figures.iter().any(|l| l.starts_with(&format!("{name} "))),
             "{name} in {stats:?}"

@@ -3,35 +3,36 @@
 //! HTTP front, so a GET here is cached like one there.
 //!
 //! [`connection`] turns bytes into bounded lines, [`kv_api::command`] turns a line
-//! into a [`Command`], and the session loop here runs commands and never
-//! touches bytes.
+//! into a [`Command`], [`kv_api::interpreter`] answers it over this adapter's
+//! backend (the proxy's service), and the session loop here never touches bytes.
 
 pub mod connection;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_api::ErrorBody;
-use kv_api::dump::Item;
-use kv_api::quote;
+use kv_api::dump::{Item, content_type_for};
+use kv_api::interpreter::{self, Next};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::connection::{Connection, Frame};
+use crate::cache::Cached;
 use crate::config::TelnetLimits;
-use crate::forward::Passed;
-use crate::proxy::{Lookup, Proxy, ReadError};
+use crate::service::{GetError, Service};
+use crate::upstream::Relayed;
 pub use kv_api::command::Command;
-use kv_api::command::{HELP, ParseError, looks_like_http};
+use kv_api::command::{ParseError, looks_like_http};
 
 /// What every session shares.
 #[derive(Clone)]
 pub struct Session {
-    pub proxy: Proxy,
+    pub service: Service,
     pub limits: TelnetLimits,
     /// With a token, a session must send `AUTH <token>` before anything else.
     pub token: Option<kv_edge::auth::Token>,
@@ -111,12 +112,6 @@ async fn refuse(stream: TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reply).await;
 }
 
-/// What the session loop does after a command.
-enum Next {
-    Continue,
-    Close,
-}
-
 /// What woke the session loop.
 enum Event {
     Frame(std::io::Result<Option<Frame>>),
@@ -125,7 +120,7 @@ enum Event {
 }
 
 async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken) -> std::io::Result<()> {
-    let (proxy, limits) = (&shared.proxy, &shared.limits);
+    let (service, limits) = (&shared.service, &shared.limits);
     let mut authenticated = shared.token.is_none();
     let (reader, writer) = stream.into_split();
     let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
@@ -195,7 +190,7 @@ async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken
                             .await?;
                         Next::Continue
                     }
-                    Ok(Some(command)) => execute(command, proxy, &mut connection).await?,
+                    Ok(Some(command)) => interpreter::execute(command, &Lines(service), &mut connection).await?,
                     Err(err) => {
                         connection.write_line(error_line(&err).as_bytes()).await?;
                         Next::Continue
@@ -220,117 +215,92 @@ fn error_line(err: &ParseError) -> String {
     format!("ERR {err}")
 }
 
-async fn execute<R, W>(command: Command, proxy: &Proxy, out: &mut Connection<R, W>) -> std::io::Result<Next>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    match command {
-        Command::Get { key } => match proxy.get(&key).await {
-            Ok(Lookup { value: Some(value), .. }) if value.bare_on_a_line() => {
-                out.write_parts(&[b"VALUE ", &value.value]).await?;
-            }
-            Ok(Lookup { value: Some(value), .. }) => {
-                out.write_parts(&[b"VALUE ", quote::quote(&value.value).as_bytes()])
-                    .await?;
-            }
-            Ok(Lookup { value: None, .. }) => out.write_line(b"NOT_FOUND").await?,
-            Err(ReadError::Forward(_)) => out.write_line(b"ERR upstream unavailable").await?,
-            Err(ReadError::Upstream(passed)) => out.write_line(upstream_error(&passed).as_bytes()).await?,
-        },
-        Command::Put { key, value } => {
-            let mut headers = HeaderMap::new();
-            let content_type = if std::str::from_utf8(&value).is_ok() {
-                "text/plain; charset=utf-8"
-            } else {
-                kv_api::dump::DEFAULT_CONTENT_TYPE
-            };
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            let reply = match proxy.write(Method::PUT, &key, &headers, Bytes::from(value)).await {
-                Ok(passed) if passed.status.is_success() => "OK".to_owned(),
-                Ok(passed) => upstream_error(&passed),
-                Err(_) => "ERR upstream unavailable".to_owned(),
-            };
-            out.write_line(reply.as_bytes()).await?;
-        }
-        Command::Del { key } => {
-            let reply = match proxy.write(Method::DELETE, &key, &HeaderMap::new(), Bytes::new()).await {
-                Ok(passed) if passed.status.is_success() => "OK".to_owned(),
-                Ok(passed) if passed.status == axum::http::StatusCode::NOT_FOUND => "NOT_FOUND".to_owned(),
-                Ok(passed) => upstream_error(&passed),
-                Err(_) => "ERR upstream unavailable".to_owned(),
-            };
-            out.write_line(reply.as_bytes()).await?;
-        }
-        Command::Dump { prefix } => dump(proxy, prefix.as_deref(), out).await?,
-        Command::Stats => {
-            for (name, value) in proxy.stats().await {
-                out.write_line(format!("{name} {value}").as_bytes()).await?;
-            }
-            out.write_line(b"END").await?;
-        }
-        Command::Help => {
-            for line in HELP {
-                out.write_line(line.as_bytes()).await?;
-            }
-            out.write_line(b"END").await?;
-        }
-        Command::Quit => {
-            out.write_line(b"BYE").await?;
-            return Ok(Next::Close);
-        }
-        Command::Auth { .. } => unreachable!("AUTH is answered by the session loop"),
-    }
-    Ok(Next::Continue)
-}
+/// The line protocol's backend: the proxy's service, its cache and upstream.
+struct Lines<'a>(&'a Service);
 
-/// `ERR <message>` from an upstream error answer.
-fn upstream_error(passed: &Passed) -> String {
-    match serde_json::from_slice::<ErrorBody>(&passed.body) {
-        Ok(body) if passed.status.is_client_error() => format!("ERR {}", body.message),
-        Ok(body) => format!("ERR upstream unavailable: {}", body.message),
-        Err(_) => format!("ERR upstream unavailable: it answered {}", passed.status),
+/// A value as a GET over telnet answers it: the cached entry, shared.
+struct Value(Arc<Cached>);
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.value
     }
 }
 
-/// Streams the upstream's NDJSON DUMP out as `key value` lines, then `END <count>`.
-async fn dump<R, W>(proxy: &Proxy, prefix: Option<&str>, out: &mut Connection<R, W>) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let path = match prefix {
-        Some(prefix) => format!("/kv?prefix={}", kv_api::key::encode_query_component(prefix)),
-        None => "/kv".to_owned(),
-    };
-    let accept = HeaderValue::from_static("application/x-ndjson");
-    let response = match proxy.forward.stream(&path, Some(&accept)).await {
-        Ok(response) if response.status().is_success() => response,
-        Ok(_) | Err(_) => return out.write_line(b"ERR upstream unavailable").await,
-    };
-    let mut body = response.bytes_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut count = 0u64;
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return out
-                .write_line(b"ERR upstream unavailable: the listing was cut short")
-                .await;
+impl interpreter::Backend for Lines<'_> {
+    type Value = Value;
+    type Pairs = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Item, String>> + Send>>;
+
+    async fn get(&self, key: &str) -> Result<Option<Value>, String> {
+        match self.0.get(key).await {
+            Ok(lookup) => Ok(lookup.value.map(Value)),
+            Err(GetError::Unreachable(_)) => Err(UNAVAILABLE.to_owned()),
+            Err(GetError::Refused(relayed)) => Err(upstream_error(&relayed)),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(&value)));
+        match self.0.write(Method::PUT, key, &headers, Bytes::from(value)).await {
+            Ok(relayed) if relayed.status.is_success() => Ok(()),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, String> {
+        match self.0.write(Method::DELETE, key, &HeaderMap::new(), Bytes::new()).await {
+            Ok(relayed) if relayed.status.is_success() => Ok(true),
+            Ok(relayed) if relayed.status == StatusCode::NOT_FOUND => Ok(false),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    /// The upstream's NDJSON DUMP, streamed: never cached, never held whole.
+    async fn dump(&self, prefix: Option<&str>) -> Result<Self::Pairs, String> {
+        let query = kv_api::dump::Query {
+            prefix: prefix.unwrap_or_default().to_owned(),
+            ..Default::default()
         };
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + end];
-            start += end + 1;
-            let Ok(item) = serde_json::from_slice::<Item>(line) else {
-                continue;
-            };
-            let Ok(value) = item.value_bytes() else { continue };
-            let text = format!("{} {}", quote::render_key(&item.key), quote::render_value(&value));
-            out.write_line(text.as_bytes()).await?;
-            count += 1;
+        let accept = HeaderValue::from_static("application/x-ndjson");
+        match self.0.upstream.stream(&query.path_and_query(), Some(&accept)).await {
+            Ok(response) if response.status().is_success() => Ok(Box::pin(
+                kv_edge::client::ndjson_items(response).map(|item| item.map_err(|err| format!("{UNAVAILABLE}: {err}"))),
+            )),
+            Ok(_) | Err(_) => Err(UNAVAILABLE.to_owned()),
         }
-        pending.drain(..start);
     }
-    out.write_line(format!("END {count}").as_bytes()).await
+
+    async fn stats(&self) -> Result<Vec<(String, String)>, String> {
+        Ok(self.0.stats().await)
+    }
+
+    fn bare_on_a_line(&self, value: &Value) -> bool {
+        value.0.bare_on_a_line()
+    }
+}
+
+impl<R, W> interpreter::Replies for Connection<R, W>
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
+    type Error = std::io::Error;
+
+    async fn line(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.write_parts(parts).await
+    }
+}
+
+const UNAVAILABLE: &str = "upstream unavailable";
+
+/// The message of an upstream error answer, for an `ERR` line.
+fn upstream_error(relayed: &Relayed) -> String {
+    match serde_json::from_slice::<ErrorBody>(&relayed.body) {
+        Ok(body) if relayed.status.is_client_error() => body.message,
+        Ok(body) => format!("{UNAVAILABLE}: {}", body.message),
+        Err(_) => format!("{UNAVAILABLE}: it answered {}", relayed.status),
+    }
 }

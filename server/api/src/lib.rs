@@ -10,6 +10,7 @@
 //! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
 //! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
 //! - [`quote`]: Redis-style quoting for line-oriented output.
+//! - [`framing`]: the line protocol's bytes to lines (telnet negotiation, line limits), without I/O.
 //! - [`command`]: the line protocol's commands, parsed from a line.
 //! - [`interpreter`]: what each command answers, over a small backend trait.
 //! - [`stats`]: the names of the proxy's figures.
@@ -19,6 +20,7 @@ pub mod command;
 pub mod condition;
 pub mod dump;
 pub mod error;
+pub mod framing;
 pub mod interpreter;
 pub mod key;
 pub mod quote;

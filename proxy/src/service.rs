@@ -6,11 +6,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicU64;
+
 use axum::http::{HeaderMap, Method, StatusCode};
 use bytes::Bytes;
+use kv_api::stats;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::cache::{Cache, CacheStatus, Cached, Fill, Filled};
-use crate::forward::{Forward, ForwardError, Passed, Read};
+use crate::upstream::{Fetch, Relayed, Upstream, UpstreamError};
 
 /// A GET's answer.
 pub struct Lookup {
@@ -31,23 +37,25 @@ impl Lookup {
 
 /// Why a GET could not be answered from the cache or the upstream.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ReadError {
+pub enum GetError {
+    /// No usable answer came (502, 504).
     #[error(transparent)]
-    Forward(#[from] ForwardError),
+    Unreachable(#[from] UpstreamError),
     /// The upstream answered with an error of its own (503 from a failed store, say).
     #[error("the upstream answered {}", .0.status)]
-    Upstream(Passed),
+    Refused(Relayed),
 }
 
 #[derive(Clone)]
-pub struct Proxy {
+pub struct Service {
     pub cache: Cache,
-    pub forward: Forward,
+    pub counters: Counters,
+    pub upstream: Upstream,
     /// Test hook (`--debug-fill-delay`): a pause between an upstream read and its cache insert.
     fill_delay: Duration,
-    /// The last failed fill of each key, and when it failed; see [`Proxy::get`].
-    failures: moka::future::Cache<String, Arc<(Instant, ReadError)>>,
-    /// Keys whose last write had an unknown outcome; see [`Proxy::write`].
+    /// The last failed fill of each key, and when it failed; see [`Service::get`].
+    failures: moka::future::Cache<String, Arc<(Instant, GetError)>>,
+    /// Keys whose last write had an unknown outcome; see [`Service::write`].
     uncertain: Arc<Uncertain>,
 }
 
@@ -55,18 +63,19 @@ pub struct Proxy {
 /// Anything past one upstream timeout is only a safety margin.
 const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
-impl Proxy {
-    pub fn new(cache: Cache, forward: Forward) -> Self {
+impl Service {
+    pub fn new(cache: Cache, upstream: Upstream) -> Self {
         let failures = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(FAILURE_MEMORY)
             .build();
         Self {
             cache,
-            forward,
+            upstream,
             fill_delay: Duration::ZERO,
             failures,
             uncertain: Arc::new(Uncertain::new(Duration::from_secs(5))),
+            counters: Counters::default(),
         }
     }
 
@@ -86,7 +95,7 @@ impl Proxy {
     /// The cached answer for `key`, if there is a fresh one (counted as a hit).
     pub async fn hit(&self, key: &str) -> Option<Lookup> {
         let value = self.cache.fresh(key).await?;
-        self.cache.counters.hits.inc();
+        self.counters.hits.inc();
         Some(Lookup {
             status: CacheStatus::Hit,
             value: Some(value),
@@ -94,14 +103,14 @@ impl Proxy {
         })
     }
 
-    pub async fn get(&self, key: &str) -> Result<Lookup, ReadError> {
+    pub async fn get(&self, key: &str) -> Result<Lookup, GetError> {
         if let Some(lookup) = self.hit(key).await {
             return Ok(lookup);
         }
-        let counters = &self.cache.counters;
+        let counters = &self.counters;
         counters.misses.inc();
-        let (forward, fill_delay, failures, uncertain) =
-            (&self.forward, self.fill_delay, &self.failures, &self.uncertain);
+        let (upstream, fill_delay, failures, uncertain) =
+            (&self.upstream, self.fill_delay, &self.failures, &self.uncertain);
         let queued_at = Instant::now();
         let filled = self
             .cache
@@ -115,12 +124,12 @@ impl Proxy {
                 counters.upstream_requests.inc();
                 // The entry's age counts from here: what it holds may be this old.
                 let began = Instant::now();
-                let read = forward.read(key).await;
+                let read = upstream.read(key).await;
                 if !fill_delay.is_zero() {
                     tokio::time::sleep(fill_delay).await;
                 }
                 let result = match read {
-                    Ok(Read::Found(f)) => {
+                    Ok(Fetch::Found(f)) => {
                         let value = Cached::new(f.value, f.content_type, f.version, began, f.generation);
                         // Decided under the key's lock, after the read: a write with
                         // an unknown outcome either marked the key already, or its
@@ -131,11 +140,11 @@ impl Proxy {
                             Fill::Keep(value)
                         })
                     }
-                    Ok(Read::NotFound) => Ok(Fill::Absent),
-                    Ok(Read::Other(passed)) => Err(ReadError::Upstream(passed)),
+                    Ok(Fetch::NotFound) => Ok(Fill::Absent),
+                    Ok(Fetch::Failed(passed)) => Err(GetError::Refused(passed)),
                     Err(err) => {
                         counters.upstream_errors.inc();
-                        Err(ReadError::Forward(err))
+                        Err(GetError::Unreachable(err))
                     }
                 };
                 if let Err(err) = &result {
@@ -190,14 +199,14 @@ impl Proxy {
         key: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Passed, ForwardError> {
+    ) -> Result<Relayed, UpstreamError> {
         let (this, key, headers) = (self.clone(), key.to_owned(), headers.clone());
         let task = tokio::spawn(async move { this.write_through(method, &key, &headers, body).await });
         match task.await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(ForwardError::Unavailable {
-                upstream: self.forward.upstream().to_owned(),
+            Err(err) => Err(UpstreamError::Unavailable {
+                upstream: self.upstream.upstream().to_owned(),
                 cause: format!("the write was cancelled: {err}"),
             }),
         }
@@ -209,30 +218,20 @@ impl Proxy {
         key: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Passed, ForwardError> {
+    ) -> Result<Relayed, UpstreamError> {
         let is_delete = method == Method::DELETE;
-        let result = self.forward.write(method, key, headers, body).await;
-        // `Some(revision)`: drop the entry unless it is at least that new;
-        // `Some(None)`: drop it whatever its version.
-        let invalidation = match &result {
-            Ok(passed) if passed.status.is_success() => Some(passed.revision()),
-            // The write did not happen, and the answer proves the cached entry
-            // may be stale: 412 says the key's version is not the one the client
-            // named (which may be the cached one), 404 on DELETE that the key is
-            // gone. Dropping an entry that was current costs one miss.
-            Ok(passed) if passed.status == StatusCode::PRECONDITION_FAILED => Some(None),
-            Ok(passed) if is_delete && passed.status == StatusCode::NOT_FOUND => Some(None),
-            // Any other 4xx (400, 413...) is a write that certainly did not
-            // happen and says nothing about the key.
-            Ok(passed) if passed.status.is_client_error() => None,
-            // No answer, or a 5xx: the write may have happened, or may yet.
-            Ok(_) | Err(_) => {
+        let result = self.upstream.write(method, key, headers, body).await;
+        let answer = result.as_ref().ok().map(|relayed| (relayed.status, relayed.revision()));
+        let invalidation = match after_write(answer, is_delete) {
+            AfterWrite::Nothing => None,
+            AfterWrite::Invalidate(revision) => Some(revision),
+            AfterWrite::Uncertain => {
                 self.uncertain.mark(key);
                 Some(None)
             }
         };
         if result.is_err() {
-            self.cache.counters.upstream_errors.inc();
+            self.counters.upstream_errors.inc();
         }
         if let Some(revision) = invalidation {
             self.cache.invalidate(key, revision).await;
@@ -243,6 +242,36 @@ impl Proxy {
 
 /// The most keys remembered as uncertain; past it, every key is.
 const MAX_UNCERTAIN_KEYS: usize = 10_000;
+
+/// What a write's answer means for the cached entry of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterWrite {
+    /// The write certainly did not happen and says nothing about the key.
+    Nothing,
+    /// Drop the entry unless it is at least this new (`None`: whatever its version).
+    Invalidate(Option<u64>),
+    /// The write may have happened, or may yet: drop the entry, and do not
+    /// cache fills of the key until the write can no longer land.
+    Uncertain,
+}
+
+/// `answer`: the upstream's status and `X-Kv-Revision`, or `None` when no
+/// answer came.
+fn after_write(answer: Option<(StatusCode, Option<u64>)>, is_delete: bool) -> AfterWrite {
+    match answer {
+        Some((status, revision)) if status.is_success() => AfterWrite::Invalidate(revision),
+        // The write did not happen, and the answer proves the cached entry
+        // may be stale: 412 says the key's version is not the one the client
+        // named (which may be the cached one), 404 on DELETE that the key is
+        // gone. Dropping an entry that was current costs one miss.
+        Some((StatusCode::PRECONDITION_FAILED, _)) => AfterWrite::Invalidate(None),
+        Some((StatusCode::NOT_FOUND, _)) if is_delete => AfterWrite::Invalidate(None),
+        // Any other 4xx (400, 413...) certainly did not happen.
+        Some((status, _)) if status.is_client_error() => AfterWrite::Nothing,
+        // A 5xx, or no answer.
+        Some(_) | None => AfterWrite::Uncertain,
+    }
+}
 
 /// Keys whose last write had an unknown outcome (no answer, or a 5xx), each
 /// until that write can no longer land: fills of those keys are answered but
@@ -301,24 +330,115 @@ impl Uncertain {
     }
 }
 
-impl Proxy {
-    /// The cache figures, as `STATS` prints them.
-    pub async fn stats(&self) -> Vec<(&'static str, String)> {
-        let counters = &self.cache.counters;
+/// The service's figures; with the cache's, they are what `/metrics`,
+/// `STATS` and `kv stats` show, under the names of [`kv_api::stats`].
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stale: Counter,
+    pub upstream_requests: Counter,
+    pub upstream_errors: Counter,
+}
+
+impl Service {
+    /// Registers every figure (the service's and the cache's) in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let (ours, cache) = (&self.counters, &self.cache.counters);
+        let counters = [
+            (stats::CACHE_HITS, &ours.hits),
+            (stats::CACHE_MISSES, &ours.misses),
+            (stats::CACHE_STALE, &ours.stale),
+            (stats::CACHE_EVICTIONS, &cache.evictions),
+            (stats::CACHE_EXPIRATIONS, &cache.expirations),
+            (stats::UPSTREAM_REQUESTS, &ours.upstream_requests),
+            (stats::UPSTREAM_ERRORS, &ours.upstream_errors),
+        ];
+        for (stat, counter) in counters {
+            registry.register(stat.name, stat.help, counter.clone());
+        }
+        registry.register(stats::CACHE_BYTES.name, stats::CACHE_BYTES.help, cache.bytes.clone());
+        let config = self.cache.config();
+        let max_bytes = Gauge::<i64>::default();
+        max_bytes.set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
+        registry.register(stats::CACHE_MAX_BYTES.name, stats::CACHE_MAX_BYTES.help, max_bytes);
+        let ttl = Gauge::<f64, AtomicU64>::default();
+        ttl.set(config.ttl.as_secs_f64());
+        registry.register(stats::CACHE_TTL_SECONDS.name, stats::CACHE_TTL_SECONDS.help, ttl);
+    }
+
+    /// Every figure, as `STATS` prints it: the names and order of [`kv_api::stats::ALL`].
+    pub async fn stats(&self) -> Vec<(String, String)> {
+        let (ours, cache) = (&self.counters, &self.cache.counters);
         let (entries, bytes) = self.cache.size().await;
         let config = self.cache.config();
-        vec![
-            ("hits", counters.hits.get().to_string()),
-            ("misses", counters.misses.get().to_string()),
-            ("stale", counters.stale.get().to_string()),
-            ("evictions", counters.evictions.get().to_string()),
-            ("expirations", counters.expirations.get().to_string()),
-            ("entries", entries.to_string()),
-            ("bytes", bytes.to_string()),
-            ("max_bytes", config.max_bytes.to_string()),
-            ("ttl_seconds", format!("{}", config.ttl.as_secs_f64())),
-            ("upstream_requests", counters.upstream_requests.get().to_string()),
-            ("upstream_errors", counters.upstream_errors.get().to_string()),
+        [
+            (stats::CACHE_HITS, ours.hits.get().to_string()),
+            (stats::CACHE_MISSES, ours.misses.get().to_string()),
+            (stats::CACHE_STALE, ours.stale.get().to_string()),
+            (stats::CACHE_EVICTIONS, cache.evictions.get().to_string()),
+            (stats::CACHE_EXPIRATIONS, cache.expirations.get().to_string()),
+            (stats::CACHE_ENTRIES, entries.to_string()),
+            (stats::CACHE_BYTES, bytes.to_string()),
+            (stats::CACHE_MAX_BYTES, config.max_bytes.to_string()),
+            (stats::CACHE_TTL_SECONDS, config.ttl.as_secs_f64().to_string()),
+            (stats::UPSTREAM_REQUESTS, ours.upstream_requests.get().to_string()),
+            (stats::UPSTREAM_ERRORS, ours.upstream_errors.get().to_string()),
         ]
+        .into_iter()
+        .map(|(stat, value)| (stat.name.to_owned(), value))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_write_answer_means_for_the_cached_entry() {
+        let put = |status: u16, revision| after_write(Some((StatusCode::from_u16(status).unwrap(), revision)), false);
+        let delete = |status: u16| after_write(Some((StatusCode::from_u16(status).unwrap(), None)), true);
+        assert_eq!(put(201, Some(7)), AfterWrite::Invalidate(Some(7)));
+        assert_eq!(put(200, Some(8)), AfterWrite::Invalidate(Some(8)));
+        assert_eq!(delete(204), AfterWrite::Invalidate(None));
+        assert_eq!(
+            put(412, None),
+            AfterWrite::Invalidate(None),
+            "a 412 shows the entry may be stale"
+        );
+        assert_eq!(
+            delete(404),
+            AfterWrite::Invalidate(None),
+            "a 404 on DELETE shows the key is gone"
+        );
+        assert_eq!(put(404, None), AfterWrite::Nothing);
+        assert_eq!(put(413, None), AfterWrite::Nothing);
+        assert_eq!(put(400, None), AfterWrite::Nothing);
+        assert_eq!(put(503, None), AfterWrite::Uncertain);
+        assert_eq!(put(504, None), AfterWrite::Uncertain);
+        assert_eq!(after_write(None, false), AfterWrite::Uncertain, "no answer at all");
+    }
+
+    #[test]
+    fn an_uncertain_key_is_uncertain_for_its_window_only() {
+        let uncertain = Uncertain::new(Duration::from_millis(30));
+        assert!(!uncertain.contains("a"));
+        uncertain.mark("a");
+        assert!(uncertain.contains("a"));
+        assert!(!uncertain.contains("b"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!uncertain.contains("a"), "the window passed");
+    }
+
+    #[test]
+    fn when_the_map_is_full_every_key_is_uncertain() {
+        let uncertain = Uncertain::new(Duration::from_secs(60));
+        for i in 0..MAX_UNCERTAIN_KEYS {
+            uncertain.mark(&format!("k{i}"));
+        }
+        assert!(!uncertain.contains("other"));
+        uncertain.mark("one-too-many");
+        assert!(uncertain.contains("other"), "a full map makes every key uncertain");
     }
 }

@@ -8,17 +8,20 @@
 //! copied across; hop-by-hop headers and framing are never forwarded, and the
 //! body is re-framed with its own length (no request smuggling through us).
 
+mod identity;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 
+pub use self::identity::StoreIdentity;
+
 /// Why the upstream did not give a usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ForwardError {
+pub enum UpstreamError {
     /// Connection refused, reset, or a malformed answer: 502.
     #[error("the upstream kv-server at {upstream} cannot be reached: {cause}")]
     Unavailable { upstream: String, cause: String },
@@ -39,13 +42,13 @@ pub struct Fetched {
 
 /// An upstream answer passed through to the client as it came.
 #[derive(Debug, Clone)]
-pub struct Passed {
+pub struct Relayed {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
-impl Passed {
+impl Relayed {
     /// The revision a successful write took (`X-Kv-Revision`).
     pub fn revision(&self) -> Option<u64> {
         self.headers
@@ -57,70 +60,11 @@ impl Passed {
 
 /// The result of reading one key.
 #[derive(Debug)]
-pub enum Read {
+pub enum Fetch {
     Found(Fetched),
     NotFound,
     /// Any other answer (503 from a failed store, say): passed through, never cached.
-    Other(Passed),
-}
-
-/// The identity of the store behind the upstream, as its answers last said
-/// (`X-Kv-Store-Id`, see `kv-server`'s `store::identity`), and a generation that
-/// moves on each change.
-///
-/// Revisions are numbered per store: a server restarted on an empty or
-/// restored data directory counts from an earlier revision again, and cached
-/// versions from the old store would win the ordering rule against the new
-/// store's writes. So a change of identity flushes the cache (the hook set
-/// with [`StoreIdentity::on_change`]), and an entry read from an older
-/// generation is never served as fresh, even one a fill in flight inserts
-/// after the flush.
-#[derive(Default)]
-pub struct StoreIdentity {
-    last: Mutex<Option<HeaderValue>>,
-    generation: AtomicU64,
-    on_change: OnceLock<Box<dyn Fn() + Send + Sync>>,
-}
-
-impl StoreIdentity {
-    /// The generation of the store seen last.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Sets what to do when the identity changes (flush the cache); once.
-    pub fn on_change(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_change.set(Box::new(hook));
-    }
-
-    /// Notes the identity an answer carried (an answer without one, from an
-    /// older server, changes nothing) and returns the generation the answer
-    /// belongs to.
-    pub fn observe(&self, upstream: &str, headers: &HeaderMap) -> u64 {
-        let Some(id) = headers.get(&kv_api::condition::X_KV_STORE_ID) else {
-            return self.generation();
-        };
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match last.as_ref() {
-            Some(seen) if seen == id => {}
-            None => *last = Some(id.clone()),
-            Some(seen) => {
-                tracing::warn!(
-                    upstream,
-                    was = ?seen,
-                    now = ?id,
-                    "the upstream's store id changed (a new or restored data directory): \
-                     its revisions cannot be compared with the cached ones; flushing the cache"
-                );
-                *last = Some(id.clone());
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                if let Some(hook) = self.on_change.get() {
-                    hook();
-                }
-            }
-        }
-        self.generation()
-    }
+    Failed(Relayed),
 }
 
 /// Headers of an upstream answer that the client should see.
@@ -149,11 +93,11 @@ const FORWARDED_HEADERS: [HeaderName; 4] = [
 /// head; 30 s by default). Reusing a connection the server is closing fails
 /// with no byte answered, so the pool lets connections go well before that.
 /// (A server run with a shorter `--header-read-timeout` is covered by the one
-/// retry of a GET in [`Forward::read`].)
+/// retry of a GET in [`Upstream::read`].)
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
-pub struct Forward {
+pub struct Upstream {
     client: reqwest::Client,
     base: String,
     timeout: Duration,
@@ -161,7 +105,7 @@ pub struct Forward {
     identity: Arc<StoreIdentity>,
 }
 
-impl Forward {
+impl Upstream {
     /// `upstream` is the server's base URL, like `http://127.0.0.1:7000` or
     /// `https://kv.internal:7000`; `ca_file` holds extra CAs to trust for it.
     pub fn new(upstream: &str, timeout: Duration, token: Option<&str>, ca_file: Option<&Path>) -> Result<Self, String> {
@@ -175,34 +119,13 @@ impl Forward {
                 "--upstream '{upstream}' must be a base URL such as http://127.0.0.1:7000, without a path"
             ));
         }
-        kv_edge::tls::install_crypto_provider();
-        let builder = match (url.scheme(), ca_file) {
-            // No TLS will be spoken, so do not load the system's trust store:
-            // a bare machine without one would fail to build the client.
-            ("http", None) => reqwest::Client::builder().tls_certs_only([]),
-            // Refused rather than ignored: whoever names a CA expects the
-            // traffic to be encrypted, and it would not be.
-            ("http", Some(_)) => {
-                return Err(format!(
-                    "--upstream-ca-file is set but --upstream '{upstream}' is not https://; use https:// or drop the CA file"
-                ));
-            }
-            // The system's trust store (reqwest's platform verifier), plus the
-            // CA file if any, so a publicly trusted upstream works either way.
-            (_, ca_file) => reqwest::Client::builder().tls_certs_merge(trusted_roots(ca_file, "upstream CA file")?),
-        };
-        let client = builder
-            // A proxy must not be redirected, nor proxied by whatever HTTP_PROXY says.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        let builder = kv_edge::client::builder(&url, ca_file, "--upstream-ca-file")?
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .read_timeout(timeout)
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .tcp_nodelay(true)
-            .http1_only()
-            .build()
-            .map_err(|err| format!("cannot build the HTTP client: {}", with_causes(&err)))?;
+            .http1_only();
+        let client = kv_edge::client::build(builder)?;
         let token = token
             .map(|t| {
                 HeaderValue::from_str(&format!("Bearer {t}"))
@@ -231,13 +154,13 @@ impl Forward {
     /// (a pooled connection the server closed as we reused it) is sent once
     /// more, on a new connection, within what is left of the timeout: a GET is
     /// safe to repeat.
-    pub async fn read(&self, key: &str) -> Result<Read, ForwardError> {
+    pub async fn read(&self, key: &str) -> Result<Fetch, UpstreamError> {
         let path = kv_api::key::encode_path(key);
         let started = Instant::now();
         let response = match self.request(Method::GET, &path).send().await {
             Ok(response) => response,
             Err(err) if failed_before_an_answer(&err) && started.elapsed() < self.timeout => {
-                tracing::debug!(cause = %with_causes(&err), "upstream GET failed before an answer; retrying once");
+                tracing::debug!(cause = %kv_edge::client::with_causes(&err), "upstream GET failed before an answer; retrying once");
                 self.request(Method::GET, &path)
                     .timeout(self.timeout.saturating_sub(started.elapsed()))
                     .send()
@@ -260,21 +183,21 @@ impl Forward {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim_matches('"').parse().ok());
                 let Some(version) = version else {
-                    return Err(ForwardError::Unavailable {
+                    return Err(UpstreamError::Unavailable {
                         upstream: self.base.clone(),
                         cause: "a value came back without a numeric ETag; is the upstream a kv-server?".into(),
                     });
                 };
                 let value = response.bytes().await.map_err(|e| self.error(e))?;
-                Ok(Read::Found(Fetched {
+                Ok(Fetch::Found(Fetched {
                     value,
                     content_type,
                     version,
                     generation,
                 }))
             }
-            StatusCode::NOT_FOUND => Ok(Read::NotFound),
-            _ => Ok(Read::Other(self.collect(response).await?)),
+            StatusCode::NOT_FOUND => Ok(Fetch::NotFound),
+            _ => Ok(Fetch::Failed(self.collect(response).await?)),
         }
     }
 
@@ -285,7 +208,7 @@ impl Forward {
         key: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Passed, ForwardError> {
+    ) -> Result<Relayed, UpstreamError> {
         let path = kv_api::key::encode_path(key);
         let is_put = method == Method::PUT;
         let mut request = self.request(method, &path);
@@ -308,7 +231,7 @@ impl Forward {
         &self,
         path_and_query: &str,
         accept: Option<&HeaderValue>,
-    ) -> Result<reqwest::Response, ForwardError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         let mut request = self.client.get(format!("{}{path_and_query}", self.base));
         if let Some(accept) = accept {
             request = request.header(header::ACCEPT, accept);
@@ -336,7 +259,7 @@ impl Forward {
     }
 
     /// Copies the headers the client should see from an upstream answer.
-    pub fn passed_headers(from: &HeaderMap) -> HeaderMap {
+    pub fn relayed_headers(from: &HeaderMap) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for name in &PASSED_HEADERS {
             for value in from.get_all(name) {
@@ -357,48 +280,34 @@ impl Forward {
         request
     }
 
-    async fn collect(&self, response: reqwest::Response) -> Result<Passed, ForwardError> {
+    async fn collect(&self, response: reqwest::Response) -> Result<Relayed, UpstreamError> {
         let status = response.status();
         self.identity.observe(&self.base, response.headers());
-        let headers = Self::passed_headers(response.headers());
+        let headers = Self::relayed_headers(response.headers());
         let body = response.bytes().await.map_err(|e| self.error(e))?;
-        Ok(Passed { status, headers, body })
+        Ok(Relayed { status, headers, body })
     }
 
-    fn error(&self, err: reqwest::Error) -> ForwardError {
+    fn error(&self, err: reqwest::Error) -> UpstreamError {
         if err.is_timeout() {
-            ForwardError::Timeout {
+            UpstreamError::Timeout {
                 upstream: self.base.clone(),
                 timeout: self.timeout,
             }
         } else if let Some(tls) = kv_edge::tls::rustls_cause(&err) {
             // The rustls error alone says what to fix (an unknown issuer, a
             // name mismatch); reqwest's wrapping around it only adds noise.
-            ForwardError::Unavailable {
+            UpstreamError::Unavailable {
                 upstream: self.base.clone(),
                 cause: format!("TLS handshake failed: {tls}"),
             }
         } else {
-            ForwardError::Unavailable {
+            UpstreamError::Unavailable {
                 upstream: self.base.clone(),
-                cause: with_causes(&err),
+                cause: kv_edge::client::with_causes(&err),
             }
         }
     }
-}
-
-/// The certificates in a CA file (`what` names it in messages), as reqwest
-/// takes them; the CLI's `--cacert` uses this too.
-pub fn trusted_roots(ca_file: Option<&Path>, what: &'static str) -> Result<Vec<reqwest::Certificate>, String> {
-    let Some(path) = ca_file else {
-        return Ok(Vec::new());
-    };
-    kv_edge::tls::read_certificates(path, what)
-        .map_err(|err| err.to_string())?
-        .iter()
-        .map(|der| reqwest::Certificate::from_der(der))
-        .collect::<Result<_, _>>()
-        .map_err(|err| format!("{what} {}: {err}", path.display()))
 }
 
 /// Whether a request failed before any byte of an answer came back, on a
@@ -429,16 +338,4 @@ fn failed_before_an_answer(err: &reqwest::Error) -> bool {
         source = inner.source();
     }
     false
-}
-
-/// An error and each of its sources, for reqwest, whose own message
-/// ("builder error", "error sending request") leaves out what went wrong.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
-    }
-    text
 }
