@@ -131,7 +131,7 @@ async fn the_cli_sends_kv_token_and_exits_4_without_it() {
 
 /// Sends one raw HTTP/1.1 request head (which asks to close) and returns the
 /// status and the JSON error code of the answer, if it has one.
-async fn raw_exchange(addr: &str, request: &[u8]) -> (u16, Option<String>) {
+pub(crate) async fn raw_exchange(addr: &str, request: &[u8]) -> (u16, Option<String>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut response = Vec::new();
