@@ -33,7 +33,7 @@ pub struct ProxyState {
     pub token: Option<Token>,
 }
 
-pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
+pub fn app(state: ProxyState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
         .route(routes::DUMP, get(dump))
         .route(routes::EMPTY_KEY, get(get_key).put(put_key).delete(delete_key))
@@ -42,7 +42,7 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
     let routes = kv_edge::auth::guard(routes, state.token.clone());
-    kv_edge::layer::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+    kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }
 
 /// Cache hits, answered before the router: the [`Shortcut`] of kv-proxy.

@@ -106,7 +106,7 @@ impl ProxyServer {
             token: self.token.clone(),
         };
         let hits = http::Hits::new(&state);
-        let app = http::app(state, self.config.http.request_timeout);
+        let app = http::app(state, &self.config.http);
         let stop = async {
             shutdown.await;
             cancel.cancel();

@@ -84,7 +84,7 @@ impl Server {
             token: self.token.clone(),
         };
         let reads = http::Reads::new(&state);
-        let app = http::app(state, self.config.http.request_timeout);
+        let app = http::app(state, &self.config.http);
         serve::serve(listener, app, reads, &self.config.http, self.tls.clone(), shutdown).await;
         self.store.close().await;
         tracing::info!(revision = self.store.revision(), "kv-server stopped; store closed");

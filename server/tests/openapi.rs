@@ -106,7 +106,13 @@ impl Harness {
             token: None,
         };
         Self {
-            router: app(state, Duration::from_secs(30)),
+            router: app(
+                state,
+                &kv_edge::limits::HttpLimits {
+                    request_timeout: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            ),
             store,
             _dir: dir,
         }

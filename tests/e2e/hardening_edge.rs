@@ -237,6 +237,86 @@ async fn two_thousand_idle_sockets_do_not_keep_a_client_out_and_are_reaped() {
     }
 }
 
+// Item 2: --request-timeout is a deadline for the whole body, not a wait
+// between chunks: one byte every 0.7 s of a 10-byte body used to be stored
+// after 6.3 s; it must get 408 at about 1 s.
+#[tokio::test]
+async fn a_trickled_body_gets_408_at_the_request_timeout() {
+    let programs = both(&["--request-timeout", "1s"]);
+    for (name, url) in &programs.targets {
+        let mut stream = TcpStream::connect(host(url)).await.unwrap();
+        stream.write_all(&put_head("trickled", 10)).await.unwrap();
+        let started = Instant::now();
+        let (mut reader, mut writer) = stream.into_split();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+            writer
+        });
+        let mut bytes = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut bytes)).await;
+        let answered = started.elapsed();
+        trickle.abort();
+        let text = String::from_utf8_lossy(&bytes);
+        let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        eprintln!(
+            "trickled body on {name} (--request-timeout 1s, 1 byte every 0.7 s of 10): answered {status} after {answered:?}"
+        );
+        assert_eq!(status, 408, "{name}: {text}");
+        assert!(text.contains("request_timeout"), "{name}: {text}");
+        assert!(answered < Duration::from_millis(2000), "{name}: 408 after {answered:?}");
+    }
+}
+
+// Item 2: the bytes of bodies in flight are bounded: with a 1 MiB budget, a
+// second concurrent 800 KiB upload gets 503 too_many_bytes_in_flight with
+// Retry-After while the first is still arriving; the first is then stored,
+// and the budget is free again afterwards.
+#[tokio::test]
+async fn a_write_past_the_inflight_byte_budget_gets_503_with_retry_after() {
+    const SIZE: usize = 800 * 1024;
+    let programs = both(&["--max-inflight-bytes", "1MiB", "--max-value-bytes", "1MiB"]);
+    let body = vec![b'v'; SIZE];
+    for (name, url) in &programs.targets {
+        // The first upload sends a quarter of its body, then waits.
+        let mut first = TcpStream::connect(host(url)).await.unwrap();
+        first.write_all(&put_head("first", SIZE)).await.unwrap();
+        first.write_all(&body[..SIZE / 4]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The second writes all of its body before reading, as many clients do.
+        let mut second = TcpStream::connect(host(url)).await.unwrap();
+        let asked = Instant::now();
+        second.write_all(&put_head("second", SIZE)).await.unwrap();
+        let _ = second.write_all(&body).await;
+        let refused = read_answer(&mut second).await.expect("the second upload got an answer");
+        let refused_in = asked.elapsed();
+        first.write_all(&body[SIZE / 4..]).await.unwrap();
+        let stored = read_answer(&mut first).await.expect("the first upload got an answer");
+        let mut third = TcpStream::connect(host(url)).await.unwrap();
+        third.write_all(&put_head("third", SIZE)).await.unwrap();
+        third.write_all(&body).await.unwrap();
+        let after = read_answer(&mut third).await.expect("the third upload got an answer");
+        eprintln!(
+            "in-flight budget on {name} (1 MiB, two 800 KiB uploads): the second got {} {:?} in {refused_in:?} \
+             (retry-after: {}), the first {}, a third after it {}",
+            refused.status,
+            refused.code(),
+            refused.head.contains("retry-after: 1"),
+            stored.status,
+            after.status
+        );
+        assert_eq!(refused.status, 503, "{name}");
+        assert_eq!(refused.code().as_deref(), Some("too_many_bytes_in_flight"), "{name}");
+        assert!(refused.head.contains("retry-after: 1"), "{name}: {}", refused.head);
+        assert_eq!(stored.status, 201, "{name}");
+        assert_eq!(after.status, 201, "{name}: the budget was not given back");
+    }
+}
+
 // Item 11f: a value over the limit is answered 413 while the client is still
 // sending. A client that writes its whole body before reading (Python's
 // http.client) used to see a broken pipe or a reset in 12 of 30 tries; the

@@ -6,23 +6,32 @@ use std::time::Duration;
 use axum::http::header::HeaderMap;
 use kv_api::{ApiError, ErrorCode};
 
-use crate::units::parse_duration;
+use crate::units::{parse_duration, parse_size};
 
 /// Limits on HTTP connections, shared by kv-server and kv-proxy.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpLimits {
-    /// Close a connection whose request head (request line and headers) has
-    /// not fully arrived within this time.
+    /// Close a connection whose next request head (request line and headers)
+    /// has not fully arrived within this time of connecting or of its last
+    /// answer, whichever protocol it speaks: idle keep-alive and HTTP/2
+    /// connections with no open stream are closed after it too.
     #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Answer 408 when a request body takes longer than this to arrive.
+    /// Answer 408 when a whole request body has not arrived within this time
+    /// of its head (a deadline, not a wait between chunks).
     #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// The most HTTP connections open at once; more are answered 503 and closed.
     #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// The most bytes of request bodies held at once, being received or
+    /// waiting to be written, like 256MiB; past it new writes are answered 503
+    /// with Retry-After.
+    #[arg(long, env = "KV_MAX_INFLIGHT_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_inflight_bytes: u64,
 }
 
 impl Default for HttpLimits {
@@ -31,6 +40,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_inflight_bytes: 256 << 20,
         }
     }
 }

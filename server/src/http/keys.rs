@@ -95,6 +95,9 @@ pub(super) async fn put_key(
     let precondition = Precondition::parse(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    // Counted against --max-inflight-bytes until the writer has dropped it,
+    // even if this handler is dropped first (its client went away).
+    let value = kv_edge::inflight::hold(&parts.extensions, value);
     match state.store.put(key.clone(), value, content_type, precondition).await? {
         PutOutcome::Stored { revision, created } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
