@@ -109,6 +109,11 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
     let headers = response.headers_mut();
     headers.insert(header::ETAG, value.etag.clone());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // A value is inert in a browser, from the cache as from the server.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(kv_api::dump::VALUE_CSP),
+    );
     headers.insert(X_CACHE.clone(), x_cache);
     if lookup.status != CacheStatus::Miss {
         headers.insert(header::AGE, HeaderValue::from(lookup.age().as_secs()));

@@ -376,3 +376,69 @@ async fn a_target_with_raw_angle_brackets_or_a_space_gets_a_bare_400_and_a_clean
         eprintln!("raw <, > and space in a target on {name}: {statuses:?}, bodiless, closed cleanly");
     }
 }
+
+// Item 12: a value stored as HTML with a script is served sandboxed (its
+// script cannot run with kv's origin), from the server, and from the proxy
+// on a miss, a hit and a 304; the listing page keeps its own policy.
+#[tokio::test]
+async fn stored_values_are_served_sandboxed_and_the_listing_keeps_its_policy() {
+    let server = Server::start();
+    let proxy = Proxy::start(&server.url, &["--cache-ttl", "60s"]);
+    let http = client();
+    let put = http
+        .put(format!("{}/kv/page", server.url))
+        .header("content-type", "text/html")
+        .body("<script>document.title='pwned'</script>")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let mut seen = Vec::new();
+    for (what, url) in [
+        ("server GET", &server.url),
+        ("proxy GET (miss)", &proxy.url),
+        ("proxy GET (hit)", &proxy.url),
+    ] {
+        let response = http.get(format!("{url}/kv/page")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{what}");
+        let cache = response
+            .headers()
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let csp = response.headers().get("content-security-policy").cloned();
+        seen.push(format!("{what} {cache:?}: {csp:?}"));
+        assert_eq!(csp.as_ref().map(|v| v.to_str().unwrap()), Some("sandbox"), "{what}");
+    }
+    for (what, url) in [("server", &server.url), ("proxy", &proxy.url)] {
+        let head = http.head(format!("{url}/kv/page")).send().await.unwrap();
+        assert_eq!(head.headers()["content-security-policy"], "sandbox", "{what} HEAD");
+        let not_modified = http
+            .get(format!("{url}/kv/page"))
+            .header("if-none-match", head.headers()["etag"].clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(not_modified.status(), 304, "{what}");
+        assert_eq!(
+            not_modified.headers()["content-security-policy"],
+            "sandbox",
+            "{what} 304"
+        );
+    }
+    for url in [&server.url, &proxy.url] {
+        let listing = http
+            .get(format!("{url}/kv"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listing.status(), 200);
+        let csp = listing.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(csp.contains("default-src 'none'") && !csp.contains("sandbox"), "{csp}");
+        assert!(listing.text().await.unwrap().contains("page"));
+    }
+    eprintln!("value answers with a script stored as text/html: {seen:?}; HEAD and 304 sandboxed too");
+}
