@@ -32,7 +32,7 @@ pub struct ProxyState {
     pub token: Option<Token>,
 }
 
-pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
+pub fn app(state: ProxyState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
         .route(routes::DUMP, get(dump))
         .route(routes::EMPTY_KEY, get(get_key).put(put_key).delete(delete_key))
@@ -41,7 +41,7 @@ pub fn app(state: ProxyState, request_timeout: std::time::Duration) -> Router {
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
     let routes = kv_edge::auth::guard(routes, state.token.clone());
-    kv_edge::layer::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+    kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }
 
 /// Cache hits, answered before the router: the [`Shortcut`] of kv-proxy.
@@ -108,6 +108,11 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
     let headers = response.headers_mut();
     headers.insert(header::ETAG, value.etag.clone());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // A value is inert in a browser, from the cache as from the server.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(kv_api::dump::VALUE_CSP),
+    );
     headers.insert(X_CACHE.clone(), x_cache);
     if lookup.shows_age {
         headers.insert(header::AGE, HeaderValue::from(lookup.age().as_secs()));

@@ -82,7 +82,7 @@ impl ProxyServer {
 
     /// The HTTP router alone, for tests that drive it without a socket.
     pub fn router(&self) -> axum::Router {
-        http::app(self.state(), self.config.http.request_timeout)
+        http::app(self.state(), &self.config.http)
     }
 
     fn state(&self) -> http::ProxyState {
@@ -120,7 +120,7 @@ impl ProxyServer {
         });
         let state = self.state();
         let hits = http::Hits::new(&state);
-        let app = http::app(state, self.config.http.request_timeout);
+        let app = http::app(state, &self.config.http);
         let stop = async {
             shutdown.await;
             cancel.cancel();

@@ -96,7 +96,7 @@ impl Server {
         };
         let reads = StoreIdOn(http::Reads::new(&state), self.store_id.clone());
         let store_id = self.store_id.clone();
-        let app = http::app(state, self.config.http.request_timeout).layer(axum::middleware::map_response(
+        let app = http::app(state, &self.config.http).layer(axum::middleware::map_response(
             move |mut response: axum::response::Response| {
                 response.headers_mut().insert(X_KV_STORE_ID.clone(), store_id.clone());
                 std::future::ready(response)

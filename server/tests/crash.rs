@@ -769,7 +769,13 @@ fn router(store: &RedbStore) -> Router {
         max_value_bytes: 1 << 20,
         token: None,
     };
-    app(state, Duration::from_secs(30))
+    app(
+        state,
+        &kv_edge::limits::HttpLimits {
+            request_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
 }
 
 async fn call(app: &Router, method: Method, uri: &str, body: Bytes) -> (StatusCode, Json) {

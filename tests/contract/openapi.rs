@@ -118,7 +118,11 @@ impl Harness {
             max_value_bytes: MAX_VALUE_BYTES,
             token: None,
         };
-        let server = app(state, Duration::from_secs(30));
+        let limits = kv_edge::limits::HttpLimits {
+            request_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let server = app(state, &limits);
         let (router, upstream) = match program {
             Program::Server => (server, None),
             Program::Proxy => {

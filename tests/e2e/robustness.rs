@@ -158,7 +158,7 @@ async fn a_slow_fill_cannot_put_an_old_value_back_after_a_write() {
 }
 
 /// One raw exchange: (status, body).
-async fn raw(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) async fn raw(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
     let answer = raw_http(addr, request).await;
     (answer.status, answer.body)
 }
@@ -167,7 +167,7 @@ fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
-fn host(url: &str) -> &str {
+pub(crate) fn host(url: &str) -> &str {
     url.trim_start_matches("http://")
 }
 

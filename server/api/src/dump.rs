@@ -99,6 +99,12 @@ impl Query {
 /// The content type stored when a PUT names none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// The Content-Security-Policy of every answer carrying a stored value: a
+/// value stored as `text/html` or SVG and opened in a browser runs in a
+/// sandbox with an opaque origin and no script, never with the origin of the
+/// server, the proxy or their listing pages.
+pub const VALUE_CSP: &str = "sandbox";
+
 /// The content type of a value written without one by the line protocol,
 /// `kv put` or `kv import`: text when the bytes are UTF-8.
 pub fn content_type_for(value: &[u8]) -> &'static str {

@@ -7,7 +7,7 @@
 
 use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 use crate::key::KeyError;
@@ -87,6 +87,8 @@ error_codes! {
     ShuttingDown = ("shutting_down", SERVICE_UNAVAILABLE),
     /// Over `--max-connections`.
     TooManyConnections = ("too_many_connections", SERVICE_UNAVAILABLE),
+    /// Request bodies in flight hold `--max-inflight-bytes`; sent with `Retry-After`.
+    TooManyBytesInFlight = ("too_many_bytes_in_flight", SERVICE_UNAVAILABLE),
 }
 
 /// An error answer: a code, its status (usually the code's own), and a
@@ -163,6 +165,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.code == ErrorCode::TooManyBytesInFlight {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -3,9 +3,10 @@
 //! It does in one service, with one boxed future per request, what took six
 //! tower layers and two `from_fn` middlewares (each of which boxes the inner
 //! service and its future again): counting the request, the per-line limits of
-//! the request head (414, 431), `nosniff`, a body timeout (408), `Connection:
-//! close` when an answer leaves a body unread, and a 500 instead of a dropped
-//! connection should a handler panic. On a proxy
+//! the request head (414, 431), `nosniff`, a deadline for the body (408), the
+//! byte budget of bodies in flight (503), `Connection: close` when an answer
+//! leaves a body unread, and a 500 instead of a dropped connection should a
+//! handler panic. On a proxy
 //! cache hit, where the whole answer takes about 20 µs of CPU, the stack of
 //! layers cost a fifth of it.
 
@@ -27,27 +28,30 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
-use tower_http::timeout::TimeoutBody;
 
 use kv_api::{ApiError, ErrorCode};
 
+use crate::inflight::{Budget, Reservation};
+use crate::limits::HttpLimits;
 use crate::metrics::Metrics;
 
 /// What every kv HTTP front puts around its routes: JSON answers for unknown
 /// routes and methods, and the [`EdgeLayer`]
-/// (metrics, 414/431 for an overlong target or header line, a body timeout,
-/// `nosniff`, a 500 on a panic). There is no timer on whole requests: the head
-/// is bounded by the header-read timeout, the body by `request_timeout`, and
-/// every wait after that by the store or `--upstream-timeout`.
+/// (metrics, 414/431 for an overlong target or header line, a body deadline,
+/// the in-flight byte budget, `nosniff`, a 500 on a panic). There is no timer
+/// on whole requests: the head is bounded by the header-read timeout, the body
+/// by `request_timeout`, and every wait after that by the store or
+/// `--upstream-timeout`.
 pub fn common_layers<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     metrics: Arc<Metrics>,
-    request_timeout: std::time::Duration,
+    limits: &HttpLimits,
 ) -> Router<S> {
+    let budget = Budget::new(usize::try_from(limits.max_inflight_bytes).unwrap_or(usize::MAX));
     routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(EdgeLayer::new(metrics, request_timeout))
+        .layer(EdgeLayer::new(metrics, limits.request_timeout, budget))
 }
 
 /// The answer for a path no route has.
@@ -72,12 +76,19 @@ pub async fn method_not_allowed() -> ApiError {
 pub struct EdgeLayer {
     metrics: Arc<Metrics>,
     body_timeout: Duration,
+    budget: Arc<Budget>,
 }
 
 impl EdgeLayer {
-    /// `body_timeout`: a request body that has not fully arrived in this time is answered 408.
-    pub fn new(metrics: Arc<Metrics>, body_timeout: Duration) -> Self {
-        Self { metrics, body_timeout }
+    /// `body_timeout`: a request body that has not fully arrived this long
+    /// after its head is answered 408. `budget`: the bytes all request bodies
+    /// in flight may hold together.
+    pub fn new(metrics: Arc<Metrics>, body_timeout: Duration, budget: Arc<Budget>) -> Self {
+        Self {
+            metrics,
+            body_timeout,
+            budget,
+        }
     }
 }
 
@@ -115,23 +126,40 @@ where
         let started = Instant::now();
         let method = crate::metrics::method_label(request.method());
         let route = crate::metrics::route_label(request.extensions().get::<MatchedPath>());
-        let unread_body = request.version() < Version::HTTP_2 && !request.body().is_end_stream();
+        let has_body = !request.body().is_end_stream();
+        // Over HTTP/1 a body left unread ends the connection; an HTTP/2 stream is just reset.
+        let unread_body = has_body && request.version() < Version::HTTP_2;
         if let Some(refusal) = crate::limits::over_line_limits(request.uri(), request.headers()) {
             let mut response = refusal.into_response();
             finish(&mut response, unread_body, &self.layer.metrics, method, route, started);
             return Box::pin(std::future::ready(Ok(response)));
         }
-        // A GET has no body to watch: only requests that carry one pay for the wrapper.
-        let (request, body_read) = if unread_body {
-            let (parts, body) = request.into_parts();
+        // A GET has no body to watch: only requests that carry one pay for the
+        // wrapper, the deadline's timer and the reservation.
+        let (request, body_read, reservation) = if has_body {
+            // Content-Length up front, unless it could never fit: the handler
+            // then refuses it by its length (413) before reading, or the
+            // reservation grows as the body arrives and refuses it there.
+            let declared = request.body().size_hint().exact().and_then(|n| usize::try_from(n).ok());
+            let up_front = declared.filter(|n| *n <= self.layer.budget.capacity()).unwrap_or(0);
+            let Some(reservation) = Reservation::take(&self.layer.budget, up_front) else {
+                let mut response = self.layer.budget.refusal().into_response();
+                finish(&mut response, unread_body, &self.layer.metrics, method, route, started);
+                return Box::pin(std::future::ready(Ok(response)));
+            };
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(reservation.clone());
             let finished = Arc::new(AtomicBool::new(false));
             let body = Body::new(WatchedBody {
-                inner: TimeoutBody::new(self.layer.body_timeout, body),
+                inner: body,
+                deadline: tokio::time::sleep(self.layer.body_timeout),
+                received: 0,
+                reservation: reservation.clone(),
                 finished: finished.clone(),
             });
-            (Request::from_parts(parts, body), Some(finished))
+            (Request::from_parts(parts, body), Some(finished), Some(reservation))
         } else {
-            (request, None)
+            (request, None, None)
         };
         // The service that was polled ready is the one to call (tower's contract).
         let clone = self.inner.clone();
@@ -141,6 +169,8 @@ where
             let answered = AssertUnwindSafe(async move { inner.call(request).await })
                 .catch_unwind()
                 .await;
+            // The server has written the value, or the proxy's upstream answered.
+            drop(reservation);
             let mut response = match answered {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
@@ -149,7 +179,7 @@ where
                     ApiError::new(ErrorCode::Internal, "internal error; the program logged it").into_response()
                 }
             };
-            let unread_body = body_read.is_some_and(|finished| !finished.load(Ordering::Acquire));
+            let unread_body = unread_body && body_read.is_some_and(|finished| !finished.load(Ordering::Acquire));
             finish(&mut response, unread_body, &metrics, method, route, started);
             Ok(response)
         })
@@ -184,11 +214,30 @@ pub fn finish(
     );
 }
 
+/// Why the edge stopped a request body: the handler's read fails with this
+/// (inside the body's error), and `read_body` answers it with its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyRefused {
+    /// The body had not fully arrived by `--request-timeout` after its head.
+    #[error("the request body did not arrive within --request-timeout of its head")]
+    Deadline,
+    /// Growing the body's reservation would pass `--max-inflight-bytes`.
+    #[error("request bodies in flight hold --max-inflight-bytes")]
+    OverBudget,
+}
+
 pin_project_lite::pin_project! {
-    /// A request body that notes when it has been read to its end.
+    /// A request body with a deadline for the whole of it (tower-http's
+    /// `TimeoutBody` restarts its timer on every chunk, so a client sending a
+    /// byte every half-timeout never met it), held against the in-flight
+    /// budget as it arrives, that notes when it has been read to its end.
     struct WatchedBody {
         #[pin]
-        inner: TimeoutBody<Body>,
+        inner: Body,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        received: usize,
+        reservation: Reservation,
         finished: Arc<AtomicBool>,
     }
 }
@@ -202,11 +251,27 @@ impl HttpBody for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
         let mut this = self.project();
-        let frame = this.inner.as_mut().poll_frame(cx).map_err(axum::Error::new);
-        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+        let frame = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                return match this.deadline.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyRefused::Deadline)))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            Poll::Ready(frame) => frame,
+        };
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            *this.received = this.received.saturating_add(data.len());
+            if !this.reservation.cover(*this.received) {
+                return Poll::Ready(Some(Err(axum::Error::new(BodyRefused::OverBudget))));
+            }
+        }
+        if frame.is_none() || this.inner.is_end_stream() {
             this.finished.store(true, Ordering::Release);
         }
-        frame
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -242,7 +307,11 @@ mod tests {
                         .map(|_| "stored")
                 }),
             );
-        common_layers(routes, metrics, Duration::from_millis(100))
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(100),
+            ..HttpLimits::default()
+        };
+        common_layers(routes, metrics, &limits)
     }
 
     async fn panics() -> &'static str {

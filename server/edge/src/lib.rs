@@ -9,7 +9,8 @@
 //! - [`serve`]: the accept loop (hyper-util, connection cap, TLS handshake) and `bind`.
 //! - [`workers`]: one single-threaded runtime per core, where connections live.
 //! - [`shortcut`]: answering some requests before the router (cache hits, plain GETs).
-//! - [`layer`]: the one layer around every route (metrics, line limits, body timeout, nosniff, panics).
+//! - [`layer`]: the one layer around every route (metrics, line limits, body deadline, nosniff, panics).
+//! - [`inflight`]: the byte budget of request bodies in flight.
 //! - [`limits`]: the connection and request-head flags and limits.
 //! - [`request`]: what handlers take from a request: the key, a bounded body.
 //! - [`auth`]: the access token and protected mode.
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod inflight;
 pub mod layer;
 pub mod limits;
 pub mod metrics;

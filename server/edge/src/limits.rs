@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::header::HeaderMap;
 use kv_api::{ApiError, ErrorCode};
 
-use crate::units::parse_duration;
+use crate::units::{parse_duration, parse_size};
 
 /// The defaults of the flags both programs take, each written once: clap
 /// shows and parses these strings, and `Default` impls parse the same ones.
@@ -14,6 +14,7 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT: &str = "30s";
     pub const REQUEST_TIMEOUT: &str = "60s";
     pub const MAX_CONNECTIONS: usize = 4096;
+    pub const MAX_INFLIGHT_BYTES: &str = "256MiB";
     /// `--max-value-bytes`, on the server and the proxy alike.
     pub const MAX_VALUE_BYTES: &str = "1MiB";
 
@@ -27,18 +28,27 @@ pub mod defaults {
 /// Limits on HTTP connections, shared by kv-server and kv-proxy.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpLimits {
-    /// Close a connection whose request head (request line and headers) has
-    /// not fully arrived within this time.
+    /// Close a connection whose next request head (request line and headers)
+    /// has not fully arrived within this time of connecting or of its last
+    /// answer, whichever protocol it speaks: idle keep-alive and HTTP/2
+    /// connections with no open stream are closed after it too.
     #[arg(long, env = "KV_HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT, value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Answer 408 when a request body takes longer than this to arrive.
+    /// Answer 408 when a whole request body has not arrived within this time
+    /// of its head (a deadline, not a wait between chunks).
     #[arg(long, env = "KV_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// The most HTTP connections open at once; more are answered 503 and closed.
     #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// The most bytes of request bodies held at once, being received or
+    /// waiting to be written, like 256MiB; past it new writes are answered 503
+    /// with Retry-After.
+    #[arg(long, env = "KV_MAX_INFLIGHT_BYTES", default_value = defaults::MAX_INFLIGHT_BYTES, value_parser = parse_size)]
+    pub max_inflight_bytes: u64,
 }
 
 impl Default for HttpLimits {
@@ -47,6 +57,7 @@ impl Default for HttpLimits {
             header_read_timeout: defaults::parse(defaults::HEADER_READ_TIMEOUT, parse_duration),
             request_timeout: defaults::parse(defaults::REQUEST_TIMEOUT, parse_duration),
             max_connections: defaults::MAX_CONNECTIONS,
+            max_inflight_bytes: defaults::parse(defaults::MAX_INFLIGHT_BYTES, parse_size),
         }
     }
 }

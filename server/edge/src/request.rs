@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Limited};
 use kv_api::key;
 use kv_api::{ApiError, ErrorCode};
 
+use crate::layer::BodyRefused;
+
 /// The key a request names, decoded from the raw path (never from a
 /// pre-decoded parameter) so that the proxy, which uses the same function,
 /// always agrees with the server.
@@ -49,18 +51,24 @@ pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit:
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        // The timeout arrives wrapped in the body's own error type: look down the chain.
-        Err(err)
-            if std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| e.source())
-                .any(|e| e.is::<tower_http::timeout::TimeoutError>()) =>
-        {
-            Err(ApiError::new(
+        // The edge's refusal arrives wrapped in the body's own error type: look down the chain.
+        Err(err) if let Some(refused) = refusal(&*err) => Err(match refused {
+            BodyRefused::Deadline => ApiError::new(
                 ErrorCode::RequestTimeout,
                 "the request body did not arrive in time (--request-timeout)",
-            ))
-        }
+            ),
+            BodyRefused::OverBudget => ApiError::new(
+                ErrorCode::TooManyBytesInFlight,
+                "request bodies in flight already hold the limit (--max-inflight-bytes); retry shortly",
+            ),
+        }),
         Err(err) => Err(ApiError::bad_request(format!(
             "the request body could not be read: {err}"
         ))),
     }
+}
+
+/// The edge's reason for stopping a body, if that is why reading it failed.
+fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<BodyRefused> {
+    std::iter::successors(Some(err), |e| e.source()).find_map(|e| e.downcast_ref::<BodyRefused>().copied())
 }

@@ -15,27 +15,47 @@
 //! With TLS, the handshake runs in the connection's own task, never in the
 //! loop, so a client that is slow to handshake cannot delay anyone's accept.
 //! It is bounded by the header-read timeout: a client that connects and sends
-//! nothing is cut off exactly as it is on a plain listener. (The request head
-//! then gets its own header-read timeout, so connecting and sending a head may
-//! take up to twice that in all.)
+//! nothing is cut off exactly as it is on a plain listener.
+//!
+//! Idle connections: hyper-util's auto builder first reads bytes to tell
+//! HTTP/1 from HTTP/2 with no timer, hyper's HTTP/1 header-read timeout starts
+//! only once a head has begun, and HTTP/2 has no idle timeout at all. So each
+//! connection here has its own timer: a connection with no request in hand
+//! for `--header-read-timeout` (since it was accepted, or since its last
+//! answer was written) is shut down gracefully, whatever its protocol, and
+//! dropped if that does not end it soon (an HTTP/2 client that sent only the
+//! preface). HTTP/2 keep-alive PINGs find dead peers while streams are open.
+//!
+//! Lingering close: when an answer closes an HTTP/1 connection while its
+//! request body is still arriving (a 413, a 408, a 503), closing at once
+//! would make the kernel reset the connection, and a client that writes its
+//! whole body before reading would see a broken pipe instead of the answer.
+//! Such a connection is closed as nginx does: the answer is sent and the
+//! write side shut, then what the client still sends is read and discarded
+//! (up to [`LINGER_BYTES`] or [`LINGER_TIME`]) before the socket is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{Version, header};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Service as _;
 
 use crate::limits::{HttpLimits, MAX_HEAD_BYTES, MAX_HEADERS};
@@ -44,6 +64,14 @@ use crate::workers::Workers;
 
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a connection told to close gracefully (idle, or at shutdown) may
+/// take to end by itself, with no request in hand, before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A lingering close reads and discards at most this much of what the client
+/// still sends...
+pub const LINGER_BYTES: usize = 2 << 20;
+/// ...for at most this long.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Serves `app` on `listener` (over TLS when given an acceptor) until
 /// `shutdown` resolves, then lets requests in flight finish (for up to ten
@@ -68,16 +96,20 @@ pub async fn serve<S: Shortcut>(
         .writev(false)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
+    // PINGs find a dead peer while streams are open; with none open, the
+    // connection's idle timer closes it. A PING is a write, which restarts the
+    // idle clock, so they come at twice the idle timeout: an idle connection
+    // is closed before its next PING.
+    let ping = limits.header_read_timeout.max(Duration::from_secs(1));
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(ping * 2)
+        .keep_alive_timeout(ping)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let front = Front {
-        router: app,
-        shortcut: Arc::new(shortcut),
-    };
+    let (router, shortcut) = (app, Arc::new(shortcut));
     let workers = match Workers::start() {
         Ok(workers) => Some(workers),
         Err(err) => {
@@ -86,9 +118,10 @@ pub async fn serve<S: Shortcut>(
         }
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Stops handshakes still in progress at shutdown; graceful shutdown would
-    // otherwise wait for each of them to finish or time out.
+    // Every connection's task, to wait for at shutdown.
+    let tracker = TaskTracker::new();
+    // Tells every connection to finish its requests in flight and close;
+    // stops TLS handshakes still in progress.
     let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -115,30 +148,44 @@ pub async fn serve<S: Shortcut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (builder, front, watcher) = (builder.clone(), front.clone(), graceful.watcher());
+        // The idle clock starts at accept, TLS handshake included.
+        let activity = Arc::new(Activity::new());
+        let front = Front {
+            router: router.clone(),
+            shortcut: shortcut.clone(),
+            activity: activity.clone(),
+        };
+        let builder = builder.clone();
         let (tls, stopping, timeout) = (tls.clone(), stopping.clone(), limits.header_read_timeout);
-        let serve_connection = move |stream: TcpStream| async move {
-            let Some(acceptor) = tls else {
-                return finish(watcher.watch(connection(&builder, stream, front)), peer, slot).await;
-            };
-            let handshake = tokio::select! {
-                handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
-                () = stopping.cancelled() => return,
-            };
-            // Scanners, plain HTTP on this port, clients that distrust our
-            // certificate: routine, so debug lines, not warnings.
-            let stream = match handshake {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, cause = %err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            finish(watcher.watch(connection(&builder, stream, front)), peer, slot).await;
+        let tracked = tracker.clone();
+        let serve_connection = move |stream: TcpStream| {
+            tracked.track_future(async move {
+                let Some(acceptor) = tls else {
+                    let io = Watched::new(stream, activity.clone());
+                    let connection = connection(&builder, io, front);
+                    return finish(drive(connection, &activity, timeout, &stopping), peer, slot).await;
+                };
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+                    () = stopping.cancelled() => return,
+                };
+                // Scanners, plain HTTP on this port, clients that distrust our
+                // certificate: routine, so debug lines, not warnings.
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, cause = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let io = Watched::new(stream, activity.clone());
+                let connection = connection(&builder, io, front);
+                finish(drive(connection, &activity, timeout, &stopping), peer, slot).await;
+            })
         };
         match &workers {
             Some(workers) => workers.spawn(stream, serve_connection),
@@ -149,15 +196,18 @@ pub async fn serve<S: Shortcut>(
     }
     drop(listener);
     stopping.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some connections were still busy after {SHUTDOWN_GRACE:?}; closing them");
     }
 }
 
-/// The hyper service of a connection: the shortcut, then the router.
+/// The hyper service of a connection: the shortcut, then the router. It
+/// tells the connection's [`Activity`] when a request is in hand.
 struct Front<S> {
     router: Router,
     shortcut: Arc<S>,
+    activity: Arc<Activity>,
 }
 
 impl<S> Clone for Front<S> {
@@ -165,6 +215,7 @@ impl<S> Clone for Front<S> {
         Self {
             router: self.router.clone(),
             shortcut: self.shortcut.clone(),
+            activity: self.activity.clone(),
         }
     }
 }
@@ -175,13 +226,235 @@ impl<S: Shortcut> hyper::service::Service<hyper::Request<Incoming>> for Front<S>
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        let Front { mut router, shortcut } = self.clone();
+        let Front {
+            mut router,
+            shortcut,
+            activity,
+        } = self.clone();
+        let busy = Busy::new(activity);
+        // An HTTP/1 answer that closes the connection before the body has all
+        // arrived needs a lingering close.
+        let body_pending = request.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(request.body());
         Box::pin(async move {
-            match shortcut.answer(request).await {
-                Ok(response) => Ok(response),
-                Err(request) => router.call(request).await,
+            let response = match shortcut.answer(request).await {
+                Ok(response) => response,
+                Err(request) => router.call(request).await?,
+            };
+            if body_pending && response.headers().contains_key(header::CONNECTION) {
+                busy.0.linger.store(true, Ordering::Relaxed);
             }
+            drop(busy);
+            Ok(response)
         })
+    }
+}
+
+/// What a connection's idle timer looks at: is a request in hand, and since
+/// when has none been?
+struct Activity {
+    born: Instant,
+    /// Requests whose handler has not answered yet.
+    busy: AtomicUsize,
+    /// When the connection last had no request in hand nor wrote a byte, in
+    /// milliseconds after `born`.
+    idle_since: AtomicU64,
+    /// Set by an answer that closes the connection while its body arrives.
+    linger: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            linger: AtomicBool::new(false),
+        }
+    }
+
+    /// Restarts the idle clock.
+    fn touch(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since.store(now, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    /// When the connection will have been idle too long, if nothing happens.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        self.born + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+/// A request in hand, from its head to its answer (or its cancellation).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has had no request in hand, and written
+/// nothing, for `timeout`.
+async fn idle(activity: &Activity, timeout: Duration) {
+    loop {
+        let deadline = activity.idle_deadline(timeout);
+        if Instant::now() >= deadline {
+            if !activity.busy() {
+                return;
+            }
+            // A request in hand: its body and its store or upstream have timers of their own.
+            activity.touch();
+            continue;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Runs a connection until it ends, shutting it down gracefully when it has
+/// been idle for `timeout` or when the program stops, and dropping it if it
+/// has not ended [`CLOSE_GRACE`] after that with no request in hand.
+async fn drive<I, S>(
+    connection: auto::UpgradeableConnection<'static, TokioIo<Watched<I>>, Front<S>, TokioExecutor>,
+    activity: &Activity,
+    timeout: Duration,
+    stopping: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Shortcut,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut idle = std::pin::pin!(idle(activity, timeout));
+    let mut closing: Option<Instant> = None;
+    loop {
+        let drop_at = closing.unwrap_or_else(|| Instant::now() + SHUTDOWN_GRACE);
+        tokio::select! {
+            ended = connection.as_mut() => return ended,
+            () = &mut idle, if closing.is_none() => {
+                tracing::debug!("closing an idle connection");
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + CLOSE_GRACE);
+            }
+            () = stopping.cancelled(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + CLOSE_GRACE);
+            }
+            () = tokio::time::sleep_until(drop_at), if closing.is_some() => {
+                if !activity.busy() {
+                    return Ok(());
+                }
+                closing = Some(Instant::now() + CLOSE_GRACE);
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's socket (plain or TLS) as hyper sees it: every write
+    /// restarts the idle clock (an answer still streaming is activity), and
+    /// shutting it down lingers when an answer asked for it.
+    struct Watched<I> {
+        #[pin]
+        io: I,
+        activity: Arc<Activity>,
+        linger: Option<Linger>,
+    }
+}
+
+struct Linger {
+    until: Pin<Box<Sleep>>,
+    write_shut: bool,
+    discarded: usize,
+}
+
+impl<I> Watched<I> {
+    fn new(io: I, activity: Arc<Activity>) -> Self {
+        Self {
+            io,
+            activity,
+            linger: None,
+        }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Watched<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite> AsyncWrite for Watched<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.io.poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.io.poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut this = self.project();
+        if !this.activity.linger.load(Ordering::Relaxed) {
+            return this.io.poll_shutdown(cx);
+        }
+        let linger = this.linger.get_or_insert_with(|| Linger {
+            until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+            write_shut: false,
+            discarded: 0,
+        });
+        if !linger.write_shut {
+            // The answer and a FIN go out first: the client can read them now.
+            std::task::ready!(this.io.as_mut().poll_shutdown(cx))?;
+            linger.write_shut = true;
+        }
+        let mut scratch = [0u8; 8192];
+        loop {
+            if linger.until.as_mut().poll(cx).is_ready() || linger.discarded >= LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match this.io.as_mut().poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                // The client closed (or reset): nothing left to lose.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => linger.discarded += buf.filled().len(),
+            }
+        }
     }
 }
 
@@ -189,9 +462,9 @@ impl<S: Shortcut> hyper::service::Service<hyper::Request<Incoming>> for Front<S>
 /// costs what it did before TLS existed (no boxed stream).
 fn connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
-    io: I,
+    io: Watched<I>,
     front: Front<S>,
-) -> auto::UpgradeableConnection<'static, TokioIo<I>, Front<S>, TokioExecutor>
+) -> auto::UpgradeableConnection<'static, TokioIo<Watched<I>>, Front<S>, TokioExecutor>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Shortcut,

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use kv_api::condition::{Condition, Precondition, X_KV_REVISION, etag};
-use kv_api::dump::{DEFAULT_CONTENT_TYPE, Entry};
+use kv_api::dump::{DEFAULT_CONTENT_TYPE, Entry, VALUE_CSP};
 use kv_api::{ApiError, ErrorCode, key, routes};
 use kv_edge::request::{Key, read_body};
 use kv_edge::shortcut::{Shortcut, plain_get};
@@ -65,14 +65,19 @@ pub(super) async fn get_key(
 }
 
 /// The response for a stored value: the raw bytes with their content type
-/// and ETag, or a bodiless 304.
+/// and ETag, or a bodiless 304; both sandboxed ([`VALUE_CSP`]).
 pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     let etag = etag(entry.version);
+    let sandbox = HeaderValue::from_static(VALUE_CSP);
     if not_modified {
         let cache_control = HeaderValue::from_static("no-cache");
         return (
             StatusCode::NOT_MODIFIED,
-            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+            [
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, cache_control),
+                (header::CONTENT_SECURITY_POLICY, sandbox),
+            ],
         )
             .into_response();
     }
@@ -83,6 +88,7 @@ pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::ETAG, etag);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, sandbox);
     response
 }
 
@@ -95,6 +101,9 @@ pub(super) async fn put_key(
     let precondition = Precondition::parse(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    // Counted against --max-inflight-bytes until the writer has dropped it,
+    // even if this handler is dropped first (its client went away).
+    let value = kv_edge::inflight::hold(&parts.extensions, value);
     match state.store.put(key.clone(), value, content_type, precondition).await? {
         PutOutcome::Stored { revision, created } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };

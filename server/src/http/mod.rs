@@ -35,7 +35,7 @@ pub struct AppState {
 }
 
 /// The router, built in a plain function so tests can drive it without a socket.
-pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
+pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
         .route(routes::DUMP, get(dump::dump))
         .route(
@@ -50,7 +50,7 @@ pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
     let routes = kv_edge::auth::guard(routes, state.token.clone());
-    kv_edge::layer::common_layers(routes, state.metrics.clone(), request_timeout).with_state(Arc::new(state))
+    kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, kv_api::ApiError> {
