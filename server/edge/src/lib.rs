@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`serve`]: the accept loop (hyper-util, connection cap, TLS handshake) and `bind`.
+//! - [`activity`]: a connection's idle clock and its lingering close.
 //! - [`workers`]: one single-threaded runtime per core, where connections live.
 //! - [`shortcut`]: answering some requests before the router (cache hits, plain GETs).
 //! - [`layer`]: the one layer around every route (metrics, line limits, body deadline, nosniff, panics).
@@ -20,6 +21,7 @@
 //! - [`units`]: `64KiB` and `2s` on the command line.
 //! - [`shutdown`]: Ctrl-C or SIGTERM.
 
+pub mod activity;
 pub mod auth;
 pub mod client;
 pub mod inflight;
