@@ -18,6 +18,22 @@ pub struct Entry {
     pub version: u64,
 }
 
+impl Entry {
+    pub fn new(
+        key: impl Into<String>,
+        value: impl Into<bytes::Bytes>,
+        content_type: impl Into<String>,
+        version: u64,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+            content_type: content_type.into(),
+            version,
+        }
+    }
+}
+
 /// The default and largest page of a JSON or HTML DUMP.
 pub const DEFAULT_PAGE: usize = 1000;
 pub const MAX_PAGE: usize = 10_000;
@@ -244,15 +260,9 @@ pub fn text_line(entry: &Entry, keys_only: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn entry(key: &str, value: &[u8]) -> Entry {
-        Entry {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value),
-            content_type: DEFAULT_CONTENT_TYPE.into(),
-            version: 7,
-        }
+        Entry::new(key, value.to_vec(), DEFAULT_CONTENT_TYPE, 7)
     }
 
     #[test]

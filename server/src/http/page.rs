@@ -94,18 +94,12 @@ fn value_cell(value: &[u8]) -> Markup {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use kv_api::dump::DEFAULT_CONTENT_TYPE;
 
     use super::*;
 
     fn entry(key: &str, value: &[u8]) -> Entry {
-        Entry {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value),
-            content_type: DEFAULT_CONTENT_TYPE.into(),
-            version: 7,
-        }
+        Entry::new(key, value.to_vec(), DEFAULT_CONTENT_TYPE, 7)
     }
 
     #[test]
