@@ -12,6 +12,9 @@ use kv_edge::units::parse_size;
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:7000";
     pub const DATA_DIR: &str = "./kv-data";
+    pub const FEED_HISTORY_EVENTS: usize = 100_000;
+    pub const FEED_HISTORY_BYTES: &str = "64MiB";
+    pub const MAX_WATCHERS: usize = 1024;
 }
 
 /// kv-server: a durable key-value store over HTTP.
@@ -43,6 +46,9 @@ pub struct Config {
     pub store_cache: Option<u64>,
 
     #[command(flatten)]
+    pub feed: FeedArgs,
+
+    #[command(flatten)]
     pub http: HttpLimits,
 
     #[command(flatten)]
@@ -70,9 +76,49 @@ impl Config {
             data_dir,
             max_value_bytes: limits::defaults::parse(limits::defaults::MAX_VALUE_BYTES, parse_size),
             store_cache: None,
+            feed: FeedArgs::default(),
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
+        }
+    }
+}
+
+/// The change feed (`GET /kv?watch=1`): its history in memory, and its subscribers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FeedArgs {
+    /// The most changes the feed's history keeps in memory; a watch may resume
+    /// (`since`) from any revision the history still reaches. It starts empty
+    /// at every start of kv-server.
+    #[arg(long, env = "KV_FEED_HISTORY_EVENTS", default_value_t = defaults::FEED_HISTORY_EVENTS)]
+    pub feed_history_events: usize,
+
+    /// The most bytes the feed's history keeps, like 64MiB (values above
+    /// 64KiB are not kept in it).
+    #[arg(long, env = "KV_FEED_HISTORY_BYTES", default_value = defaults::FEED_HISTORY_BYTES, value_parser = parse_size)]
+    pub feed_history_bytes: u64,
+
+    /// The most change-feed subscribers at once; more are answered 503.
+    #[arg(long, env = "KV_MAX_WATCHERS", default_value_t = defaults::MAX_WATCHERS)]
+    pub max_watchers: usize,
+}
+
+impl Default for FeedArgs {
+    fn default() -> Self {
+        Self {
+            feed_history_events: defaults::FEED_HISTORY_EVENTS,
+            feed_history_bytes: limits::defaults::parse(defaults::FEED_HISTORY_BYTES, parse_size),
+            max_watchers: defaults::MAX_WATCHERS,
+        }
+    }
+}
+
+impl FeedArgs {
+    pub fn limits(&self) -> crate::store::feed::FeedLimits {
+        crate::store::feed::FeedLimits {
+            max_events: self.feed_history_events.max(1),
+            max_bytes: usize::try_from(self.feed_history_bytes).unwrap_or(usize::MAX),
+            max_watchers: self.max_watchers,
         }
     }
 }

@@ -56,6 +56,7 @@ impl Server {
         let tls = config.tls.load()?;
         let options = RedbOptions {
             cache_bytes: usize::try_from(config.store_cache_bytes()).unwrap_or(usize::MAX),
+            feed: config.feed.limits(),
             ..RedbOptions::default()
         };
         let new_store = !config

@@ -89,6 +89,10 @@ error_codes! {
     TooManyConnections = ("too_many_connections", SERVICE_UNAVAILABLE),
     /// Request bodies in flight hold `--max-inflight-bytes`; sent with `Retry-After`.
     TooManyBytesInFlight = ("too_many_bytes_in_flight", SERVICE_UNAVAILABLE),
+    /// A watch's `since` is older than the feed's history (NDJSON; SSE gets a `reset` event).
+    RevisionCompacted = ("revision_compacted", GONE),
+    /// Over `--max-watchers` change-feed subscribers; sent with `Retry-After`.
+    TooManyWatchers = ("too_many_watchers", SERVICE_UNAVAILABLE),
 }
 
 /// An error answer: a code, its status (usually the code's own), and a
@@ -165,7 +169,7 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if self.code == ErrorCode::TooManyBytesInFlight {
+        if matches!(self.code, ErrorCode::TooManyBytesInFlight | ErrorCode::TooManyWatchers) {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -9,6 +9,7 @@
 //! - [`error`]: [`ErrorCode`](error::ErrorCode), every error code with its status, and the JSON body.
 //! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
 //! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
+//! - [`feed`]: the change feed's events, its query, SSE framing.
 //! - [`quote`]: Redis-style quoting for line-oriented output.
 //! - [`framing`]: the line protocol's bytes to lines (telnet negotiation, line limits), without I/O.
 //! - [`command`]: the line protocol's commands, parsed from a line.
@@ -20,6 +21,7 @@ pub mod command;
 pub mod condition;
 pub mod dump;
 pub mod error;
+pub mod feed;
 pub mod framing;
 pub mod interpreter;
 pub mod key;

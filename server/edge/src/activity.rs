@@ -10,6 +10,12 @@
 //! dropped if that does not end it soon (an HTTP/2 client that sent only the
 //! preface). HTTP/2 keep-alive PINGs find dead peers while streams are open.
 //!
+//! Stalled writes: a connection whose socket has taken no byte for
+//! [`WRITE_STALL`] while an answer waits to be written (a client that stopped
+//! reading: a change-feed subscriber, a large value, a DUMP) is dropped: the
+//! write fails, and hyper closes the connection. Nothing a client can do
+//! holds an answer's buffers, its task or a connection slot for longer.
+//!
 //! Lingering close: when an answer closes an HTTP/1 connection while its
 //! request body is still arriving (a 413, a 408, a 503), closing at once
 //! would make the kernel reset the connection, and a client that writes its
@@ -33,6 +39,8 @@ use tokio::time::{Instant, Sleep};
 pub const LINGER_BYTES: usize = 2 << 20;
 /// ...for at most this long.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// A socket that takes no byte of a pending write for this long fails the write.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// What a connection's idle timer looks at: is a request in hand, and since
 /// when has none been?
@@ -116,6 +124,8 @@ pin_project_lite::pin_project! {
         io: I,
         activity: Arc<Activity>,
         linger: Option<Linger>,
+        // Set while a write is pending (the socket takes no byte): when it fires, the write fails.
+        stalled: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -131,6 +141,37 @@ impl<I> Watched<I> {
             io,
             activity,
             linger: None,
+            stalled: None,
+        }
+    }
+}
+
+/// What a write to the socket came to: progress restarts the idle clock and
+/// clears the stall timer; a write still pending after [`WRITE_STALL`] fails.
+fn watch_write<T>(
+    written: Poll<std::io::Result<T>>,
+    progressed: bool,
+    activity: &Activity,
+    stalled: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<T>> {
+    match written {
+        Poll::Pending => {
+            let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took no byte for 10 s; dropping the connection",
+                )));
+            }
+            Poll::Pending
+        }
+        ready => {
+            if progressed {
+                activity.touch();
+            }
+            *stalled = None;
+            ready
         }
     }
 }
@@ -145,10 +186,8 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for Watched<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let written = this.io.poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        written
+        let progressed = matches!(written, Poll::Ready(Ok(n)) if n > 0);
+        watch_write(written, progressed, this.activity, this.stalled, cx)
     }
 
     fn poll_write_vectored(
@@ -158,10 +197,8 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for Watched<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let written = this.io.poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        written
+        let progressed = matches!(written, Poll::Ready(Ok(n)) if n > 0);
+        watch_write(written, progressed, this.activity, this.stalled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -169,7 +206,9 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let flushed = this.io.poll_flush(cx);
+        watch_write(flushed, false, this.activity, this.stalled, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -77,6 +77,18 @@ pub const MAX_NDJSON_LINE: usize = 8 << 20;
 pub fn ndjson_items(
     response: reqwest::Response,
 ) -> impl futures_util::Stream<Item = Result<kv_api::dump::Item, String>> + Send + Unpin + use<> {
+    use futures_util::StreamExt as _;
+    ndjson_lines(response, "listing")
+        .map(|line| serde_json::from_str(&line?).map_err(|err| format!("a malformed listing line: {err}")))
+}
+
+/// The non-empty lines of an NDJSON answer (DUMP, the change feed), each at
+/// most [`MAX_NDJSON_LINE`] bytes; errors are messages for a person, naming
+/// the stream as `what` ("listing", "feed").
+pub fn ndjson_lines(
+    response: reqwest::Response,
+    what: &'static str,
+) -> impl futures_util::Stream<Item = Result<String, String>> + Send + Unpin + use<> {
     use futures_util::{StreamExt as _, TryStreamExt as _};
     let bytes = response.bytes_stream().map_err(std::io::Error::other);
     let lines = tokio_util::codec::FramedRead::new(
@@ -85,11 +97,11 @@ pub fn ndjson_items(
     );
     lines
         .filter(|line| std::future::ready(!matches!(line, Ok(line) if line.trim().is_empty())))
-        .map(|line| match line {
-            Ok(line) => serde_json::from_str(&line).map_err(|err| format!("a malformed listing line: {err}")),
+        .map(move |line| match line {
+            Ok(line) => Ok(line),
             Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
-                Err(format!("a listing line is longer than {MAX_NDJSON_LINE} bytes"))
+                Err(format!("a {what} line is longer than {MAX_NDJSON_LINE} bytes"))
             }
-            Err(tokio_util::codec::LinesCodecError::Io(err)) => Err(format!("the listing was cut short: {err}")),
+            Err(tokio_util::codec::LinesCodecError::Io(err)) => Err(format!("the {what} was cut short: {err}")),
         })
 }

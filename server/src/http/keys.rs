@@ -37,6 +37,7 @@ impl Shortcut for Reads {
         let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
             return Err(request);
         };
+        let revision = state.store.revision();
         // A store error goes the long way, to be answered (and logged) there.
         let Ok(entry) = state.store.get(&key) else {
             return Err(request);
@@ -48,6 +49,7 @@ impl Shortcut for Reads {
             }
             None => ApiError::key_not_found(&key).into_response(),
         };
+        read_at(&mut response, revision);
         kv_edge::layer::finish(&mut response, false, &state.metrics, "GET", routes::KEY, started);
         Ok(response)
     }
@@ -59,9 +61,20 @@ pub(super) async fn get_key(
     Key(key): Key,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let revision = state.store.revision();
     let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
-    Ok(value_response(&entry, if_none_match.matches(entry.version)))
+    let mut response = value_response(&entry, if_none_match.matches(entry.version));
+    read_at(&mut response, revision);
+    Ok(response)
+}
+
+/// Says the revision a read was made at (`X-Kv-Revision`): read before the
+/// read, so every write up to it is reflected, and a client can watch from it.
+fn read_at(response: &mut Response, revision: u64) {
+    response
+        .headers_mut()
+        .insert(X_KV_REVISION.clone(), HeaderValue::from(revision));
 }
 
 /// The response for a stored value: the raw bytes with their content type

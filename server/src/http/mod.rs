@@ -4,10 +4,12 @@
 //! - [`keys`]: one key (GET, HEAD, PUT, DELETE) and the shortcut for plain GETs.
 //! - [`dump`]: `GET /kv` in its four shapes.
 //! - [`page`]: the HTML listing.
+//! - [`watch`]: the change feed (`GET /kv?watch=1`).
 
 mod dump;
 mod keys;
 mod page;
+mod watch;
 
 use std::sync::Arc;
 
@@ -37,7 +39,7 @@ pub struct AppState {
 /// The router, built in a plain function so tests can drive it without a socket.
 pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
-        .route(routes::DUMP, get(dump::dump))
+        .route(routes::DUMP, get(watch::dump_or_watch))
         .route(
             routes::EMPTY_KEY,
             get(keys::get_key).put(keys::put_key).delete(keys::delete_key),

@@ -28,6 +28,7 @@ use futures_util::future::BoxFuture;
 use kv_api::dump::Entry;
 use tokio::sync::{mpsc, oneshot};
 
+use super::feed::{Feed, FeedLimits};
 use super::record::{self, DATA, META, REVISION};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
@@ -59,6 +60,8 @@ pub struct RedbOptions {
     /// Checkpoint once the log holds this many bytes of records: it bounds the
     /// log file and what recovery replays (64 MiB: about a second).
     pub checkpoint_bytes: u64,
+    /// The change feed's history and subscriber cap.
+    pub feed: FeedLimits,
 }
 
 impl Default for RedbOptions {
@@ -67,6 +70,7 @@ impl Default for RedbOptions {
             cache_bytes: 256 << 20,
             two_phase_commit: true,
             checkpoint_bytes: 64 << 20,
+            feed: FeedLimits::default(),
         }
     }
 }
@@ -109,6 +113,8 @@ pub(super) struct Shared {
     pub(super) revision: AtomicU64,
     /// Set once, at the first failed commit: the store is then fail-stopped.
     pub(super) failure: OnceLock<String>,
+    /// Where the writer publishes each acknowledged write.
+    pub(super) feed: Arc<Feed>,
 }
 
 pub(super) enum Job {
@@ -241,6 +247,7 @@ impl RedbStore {
         let shared = Arc::new(Shared {
             revision: AtomicU64::new(revision),
             failure: OnceLock::new(),
+            feed: Arc::new(Feed::new(revision, options.feed)),
         });
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let writer = {
@@ -332,6 +339,10 @@ impl Store for RedbStore {
 
     fn revision(&self) -> u64 {
         self.inner.shared.revision.load(Ordering::Acquire)
+    }
+
+    fn feed(&self) -> &Arc<Feed> {
+        &self.inner.shared.feed
     }
 
     fn healthy(&self) -> Result<(), StoreError> {

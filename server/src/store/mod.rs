@@ -6,6 +6,7 @@
 //! are what ETags, conditional writes and the proxy's cache ordering rest on.
 
 pub mod engine;
+pub mod feed;
 pub mod identity;
 mod record;
 pub mod wal;
@@ -103,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
     /// Whether the store is able to take writes.
     fn healthy(&self) -> Result<(), StoreError>;
+    /// The change feed: every acknowledged write, in revision order, published
+    /// before the write is acknowledged (see [`feed`]).
+    fn feed(&self) -> &std::sync::Arc<feed::Feed>;
     /// Queues any write; [`Store::put`] and [`Store::delete`] are the typed doors.
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>>;
 

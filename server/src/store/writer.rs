@@ -13,6 +13,7 @@ use ::redb::{Database, Durability, ReadableTable, StorageBackend, WriteTransacti
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{CHECKPOINT_INTERVAL, Job, RedbOptions, Shared};
+use super::feed::Record;
 use super::record::{self, CHECKPOINT, DATA, META, REVISION};
 use super::wal::{Change, Wal};
 use super::{StoreError, WriteOp, WriteOutcome};
@@ -164,6 +165,9 @@ impl<'a, B: StorageBackend> Writer<'a, B> {
         self.wal.append(&changes)?;
         let logged = logging.elapsed();
         txn.commit().map_err(engine)?;
+        // Readers see the group now; its events go into the feed's history
+        // before anyone is answered, so a write's 2xx implies its event.
+        self.shared.feed.publish(changes.iter().map(feed_record).collect());
         tracing::debug!(
             log_micros = logged.as_micros(),
             commit_micros = (logging.elapsed() - logged).as_micros(),
@@ -223,6 +227,18 @@ impl<'a, B: StorageBackend> Writer<'a, B> {
             .failure
             .get_or_init(|| format!("a commit failed ({err}); restart kv-server to recover"))
             .clone()
+    }
+}
+
+fn feed_record(change: &Change) -> Record {
+    match change {
+        Change::Put {
+            key,
+            revision,
+            content_type,
+            value,
+        } => Record::put(*revision, key, value, content_type),
+        Change::Delete { key, revision } => Record::delete(*revision, key),
     }
 }
 
