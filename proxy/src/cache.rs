@@ -262,6 +262,46 @@ impl Cache {
             .await;
     }
 
+    /// Applies a change-feed event for `key` at `revision`: an entry older
+    /// than the change is replaced by `value` (when the event carried it) or
+    /// dropped; a key not cached stays uncached. It runs under the key's lock,
+    /// like fills and write invalidations (the ordering rule): a fill that read
+    /// the key before this change either inserted first (and is replaced or
+    /// dropped here) or waits for this, and then reads the change itself.
+    pub async fn apply(&self, key: &str, revision: u64, value: Option<Cached>) {
+        let generation = self.identity.generation();
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if entry.value().version >= revision && entry.value().generation == generation => {
+                        Op::Nop
+                    }
+                    Some(_) => match value {
+                        Some(value) => Op::Put(Arc::new(value)),
+                        None => Op::Remove,
+                    },
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
+    /// Drops every entry: the change feed cannot say what changed (a `reset`,
+    /// a 410, another store).
+    /// A new generation first: an entry a fill in flight inserts after this,
+    /// read before it, is never fresh.
+    pub fn flush(&self) {
+        self.identity.advance();
+        self.entries.invalidate_all();
+    }
+
+    /// The generation of the upstream's store identity, for entries built here.
+    pub fn generation(&self) -> u64 {
+        self.identity.generation()
+    }
+
     /// Entries and weighted bytes, after moka's pending housekeeping.
     pub async fn size(&self) -> (u64, u64) {
         self.entries.run_pending_tasks().await;

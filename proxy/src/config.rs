@@ -23,6 +23,9 @@ pub mod defaults {
     pub const TELNET_IDLE_TIMEOUT: &str = "5m";
     pub const TELNET_MAX_CONNECTIONS: usize = 1024;
     pub const TELNET_WRITE_TIMEOUT: &str = "30s";
+    pub const COHERENCE: bool = true;
+    /// Twice the feed's progress interval (1 s).
+    pub const FEED_LEASE: &str = "2s";
 }
 
 /// kv-proxy: a caching reverse proxy for kv-server, with a telnet line protocol.
@@ -71,6 +74,18 @@ pub struct Config {
     /// The largest value a PUT may carry (the server has its own limit too).
     #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = limits::defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
     pub max_value_bytes: u64,
+
+    /// Keep the cache coherent with the upstream's change feed (on), or rely
+    /// on --cache-ttl alone (off). With it on, a write made anywhere (through
+    /// another proxy, or on the server) reaches this cache within milliseconds,
+    /// and the cache answers only while the feed is healthy.
+    #[arg(long, env = "KV_COHERENCE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub coherence: bool,
+
+    /// If nothing comes from the change feed for this long, stop answering
+    /// from the cache (forward every read) and reopen the feed.
+    #[arg(long, env = "KV_FEED_LEASE", default_value = defaults::FEED_LEASE, value_parser = parse_duration)]
+    pub feed_lease: Duration,
 
     /// Test hook: wait this long between reading a miss from the upstream and
     /// caching it, to widen the stale-fill race window on purpose.
@@ -136,6 +151,14 @@ pub enum Listen {
     On(SocketAddr),
 }
 
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(format!("'{other}' is not on or off")),
+    }
+}
+
 pub fn parse_listen(text: &str) -> Result<Listen, String> {
     match text.trim() {
         "off" | "none" | "" => Ok(Listen::Off),
@@ -159,6 +182,8 @@ impl Config {
             upstream_timeout: limits::defaults::parse(defaults::UPSTREAM_TIMEOUT, parse_duration),
             stale_if_error: Duration::ZERO,
             max_value_bytes: limits::defaults::parse(limits::defaults::MAX_VALUE_BYTES, parse_size),
+            coherence: defaults::COHERENCE,
+            feed_lease: limits::defaults::parse(defaults::FEED_LEASE, parse_duration),
             debug_fill_delay: Duration::ZERO,
             telnet: TelnetLimits::default(),
             upstream_token_file: None,

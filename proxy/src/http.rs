@@ -66,6 +66,10 @@ impl Shortcut for Hits {
         let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
             return Err(request);
         };
+        // A read that names a revision may have to wait for the feed: the long way.
+        if request.headers().contains_key(&kv_api::feed::X_KV_MIN_REVISION) {
+            return Err(request);
+        }
         let Some(lookup) = state.service.hit(&key).await else {
             return Err(request);
         };
@@ -82,7 +86,8 @@ async fn get_key(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
-    let lookup = state.service.get(&key).await?;
+    let min = crate::coherence::min_revision(request.headers());
+    let lookup = state.service.get_at_least(&key, min).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
 }
 
@@ -148,6 +153,9 @@ async fn delete_key(
 /// rebuilt from the parsed one, so what reaches the server is what the proxy
 /// understood.
 async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
+    if let Some(watch) = kv_api::feed::WatchQuery::parse(request.uri().query())? {
+        return relay_watch(&state, &watch, request.headers()).await;
+    }
     let query = kv_api::dump::Query::parse(request.uri().query())?;
     let upstream = state
         .service
@@ -162,6 +170,33 @@ async fn dump(State(state): State<Arc<ProxyState>>, request: Request) -> Result<
     Ok(response)
 }
 
+/// A watch through the proxy is the upstream's feed, relayed as it comes
+/// (NDJSON or SSE, as `Accept` asks); `Last-Event-ID` goes along.
+async fn relay_watch(
+    state: &ProxyState,
+    watch: &kv_api::feed::WatchQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ProxyError> {
+    let upstream = state
+        .service
+        .upstream
+        .watch_as(
+            &watch.path_and_query(),
+            headers.get(header::ACCEPT),
+            headers.get(&kv_api::feed::LAST_EVENT_ID),
+        )
+        .await?;
+    let status = upstream.status();
+    let mut relayed = crate::upstream::Upstream::relayed_headers(upstream.headers());
+    if status.is_success() {
+        relayed.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = relayed;
+    Ok(response)
+}
+
 async fn healthz(State(state): State<Arc<ProxyState>>) -> Response {
     let upstream = if state.service.upstream.healthy().await {
         "ok"
@@ -173,6 +208,7 @@ async fn healthz(State(state): State<Arc<ProxyState>>) -> Response {
 
 async fn metrics_page(State(state): State<Arc<ProxyState>>) -> Response {
     let (entries, _) = state.service.cache.size().await;
+    state.service.coherence.refresh();
     state.metrics.keys.set(i64::try_from(entries).unwrap_or(i64::MAX));
     metrics::exposition(&state.metrics)
 }

@@ -4,11 +4,13 @@
 //! - [`config`]: the command line (`--listen`, `--upstream`, `--cache-ttl`...).
 //! - [`upstream`]: the reqwest client that talks to the upstream kv-server, and its store's identity.
 //! - [`cache`]: the moka cache, its freshness and its ordering rule against stale fills.
+//! - [`coherence`]: the change feed from the upstream, applied to the cache; whether the cache may answer.
 //! - [`service`]: the operations (read-through GET, write-then-invalidate) both fronts share.
 //! - [`http`]: the HTTP front, the same API as kv-server plus `X-Cache` and `Age`.
 //! - [`telnet`]: the line protocol: framing, commands, sessions.
 
 pub mod cache;
+pub mod coherence;
 pub mod config;
 pub mod http;
 pub mod service;
@@ -23,6 +25,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// How long a starting proxy waits for its change feed before it serves.
+const STARTUP_FEED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A configured proxy, not yet listening.
 pub struct ProxyServer {
@@ -66,7 +71,8 @@ impl ProxyServer {
             },
             upstream.identity().clone(),
         );
-        let service = service::Service::new(cache, upstream)
+        let coherence = Arc::new(coherence::Coherence::new(config.coherence, config.feed_lease));
+        let service = service::Service::new(cache, upstream, coherence)
             .with_fill_delay(config.debug_fill_delay)
             .with_unknown_outcome_window(config.upstream_timeout);
         let mut metrics = Metrics::new("kv_proxy", "Entries in the cache");
@@ -105,6 +111,20 @@ impl ProxyServer {
             self.service.upstream.upstream()
         );
         let cancel = CancellationToken::new();
+        let feed_task = tokio::spawn(coherence::run(
+            self.service.coherence.clone(),
+            self.service.cache.clone(),
+            self.service.upstream.clone(),
+            cancel.clone(),
+        ));
+        // A moment for the feed, so that the first reads can be cached: until
+        // it is current, every read is forwarded.
+        if self.service.coherence.enabled() {
+            let deadline = tokio::time::Instant::now() + STARTUP_FEED_WAIT;
+            while !self.service.coherence.serving() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         let telnet_task = telnet.map(|listener| {
             let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
             tracing::info!(
@@ -130,6 +150,7 @@ impl ProxyServer {
         if let Some(task) = telnet_task {
             let _ = task.await;
         }
+        let _ = feed_task.await;
         tracing::info!("kv-proxy stopped");
     }
 }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::cache::{Cache, CacheStatus, Cached, Fill, Filled};
+use crate::coherence::Coherence;
 use crate::upstream::{Fetch, Relayed, Upstream, UpstreamError};
 
 /// A GET's answer.
@@ -51,6 +52,8 @@ pub struct Service {
     pub cache: Cache,
     pub counters: Counters,
     pub upstream: Upstream,
+    /// The change feed's state: whether the cache may answer.
+    pub coherence: Arc<Coherence>,
     /// Test hook (`--debug-fill-delay`): a pause between an upstream read and its cache insert.
     fill_delay: Duration,
     /// The last failed fill of each key, and when it failed; see [`Service::get`].
@@ -64,7 +67,7 @@ pub struct Service {
 const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 impl Service {
-    pub fn new(cache: Cache, upstream: Upstream) -> Self {
+    pub fn new(cache: Cache, upstream: Upstream, coherence: Arc<Coherence>) -> Self {
         let failures = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(FAILURE_MEMORY)
@@ -72,6 +75,7 @@ impl Service {
         Self {
             cache,
             upstream,
+            coherence,
             fill_delay: Duration::ZERO,
             failures,
             uncertain: Arc::new(Uncertain::new(Duration::from_secs(5))),
@@ -94,6 +98,9 @@ impl Service {
 
     /// The cached answer for `key`, if there is a fresh one (counted as a hit).
     pub async fn hit(&self, key: &str) -> Option<Lookup> {
+        if !self.coherence.serving() {
+            return None;
+        }
         let value = self.cache.fresh(key).await?;
         self.counters.hits.inc();
         Some(Lookup {
@@ -104,6 +111,22 @@ impl Service {
     }
 
     pub async fn get(&self, key: &str) -> Result<Lookup, GetError> {
+        self.get_at_least(key, None).await
+    }
+
+    /// A GET that must not answer with a state older than revision `min`
+    /// (`X-Kv-Min-Revision`). The cache answers only while the change feed
+    /// is healthy (and, with `min`, has applied it, waiting briefly for
+    /// that); otherwise the read goes upstream and nothing is cached.
+    pub async fn get_at_least(&self, key: &str, min: Option<u64>) -> Result<Lookup, GetError> {
+        let from_cache = self.coherence.serving()
+            && match min {
+                None => true,
+                Some(min) => self.coherence.reached(min).await,
+            };
+        if !from_cache {
+            return self.forward(key).await;
+        }
         if let Some(lookup) = self.hit(key).await {
             return Ok(lookup);
         }
@@ -124,13 +147,16 @@ impl Service {
                 counters.upstream_requests.inc();
                 // The entry's age counts from here: what it holds may be this old.
                 let began = Instant::now();
+                // Taken before the read: a flush during the read makes the entry old.
+                let generation = upstream.identity().generation();
                 let read = upstream.read(key).await;
                 if !fill_delay.is_zero() {
                     tokio::time::sleep(fill_delay).await;
                 }
                 let result = match read {
                     Ok(Fetch::Found(f)) => {
-                        let value = Cached::new(f.value, f.content_type, f.version, began, f.generation);
+                        let generation = generation.min(f.generation);
+                        let value = Cached::new(f.value, f.content_type, f.version, began, generation);
                         // Decided under the key's lock, after the read: a write with
                         // an unknown outcome either marked the key already, or its
                         // invalidation is queued behind this fill and drops what it put.
@@ -183,6 +209,48 @@ impl Service {
                 }
                 None => Err(err),
             },
+        }
+    }
+
+    /// Reads `key` upstream without the cache (the feed cannot vouch for it).
+    async fn forward(&self, key: &str) -> Result<Lookup, GetError> {
+        let counters = &self.counters;
+        counters.misses.inc();
+        counters.upstream_requests.inc();
+        let began = Instant::now();
+        let failed = match self.upstream.read(key).await {
+            Ok(Fetch::Found(f)) => {
+                let value = Cached::new(f.value, f.content_type, f.version, began, f.generation);
+                return Ok(Lookup {
+                    status: CacheStatus::Miss,
+                    value: Some(Arc::new(value)),
+                    shows_age: false,
+                });
+            }
+            Ok(Fetch::NotFound) => {
+                return Ok(Lookup {
+                    status: CacheStatus::Miss,
+                    value: None,
+                    shows_age: false,
+                });
+            }
+            Ok(Fetch::Failed(passed)) => GetError::Refused(passed),
+            Err(err) => {
+                counters.upstream_errors.inc();
+                GetError::Unreachable(err)
+            }
+        };
+        match self.cache.stale(key).await {
+            Some(value) => {
+                counters.stale.inc();
+                tracing::warn!(key, cause = %failed, "upstream failed; serving a stale entry");
+                Ok(Lookup {
+                    status: CacheStatus::Stale,
+                    value: Some(value),
+                    shows_age: true,
+                })
+            }
+            None => Err(failed),
         }
     }
 
@@ -357,6 +425,25 @@ impl Service {
         for (stat, counter) in counters {
             registry.register(stat.name, stat.help, counter.clone());
         }
+        let feed = &self.coherence.counters;
+        registry.register(stats::FEED_HEALTHY.name, stats::FEED_HEALTHY.help, feed.healthy.clone());
+        registry.register(
+            stats::FEED_APPLIED_REVISION.name,
+            stats::FEED_APPLIED_REVISION.help,
+            feed.applied_revision.clone(),
+        );
+        registry.register(
+            stats::FEED_LAG_SECONDS.name,
+            stats::FEED_LAG_SECONDS.help,
+            feed.lag_seconds.clone(),
+        );
+        for (stat, counter) in [
+            (stats::FEED_RESETS, &feed.resets),
+            (stats::FEED_FLUSHES, &feed.flushes),
+            (stats::FEED_EVENTS_APPLIED, &feed.events_applied),
+        ] {
+            registry.register(stat.name, stat.help, counter.clone());
+        }
         registry.register(stats::CACHE_BYTES.name, stats::CACHE_BYTES.help, cache.bytes.clone());
         let config = self.cache.config();
         let max_bytes = Gauge::<i64>::default();
@@ -372,6 +459,8 @@ impl Service {
         let (ours, cache) = (&self.counters, &self.cache.counters);
         let (entries, bytes) = self.cache.size().await;
         let config = self.cache.config();
+        self.coherence.refresh();
+        let feed = &self.coherence.counters;
         [
             (stats::CACHE_HITS, ours.hits.get().to_string()),
             (stats::CACHE_MISSES, ours.misses.get().to_string()),
@@ -384,6 +473,12 @@ impl Service {
             (stats::CACHE_TTL_SECONDS, config.ttl.as_secs_f64().to_string()),
             (stats::UPSTREAM_REQUESTS, ours.upstream_requests.get().to_string()),
             (stats::UPSTREAM_ERRORS, ours.upstream_errors.get().to_string()),
+            (stats::FEED_HEALTHY, feed.healthy.get().to_string()),
+            (stats::FEED_APPLIED_REVISION, feed.applied_revision.get().to_string()),
+            (stats::FEED_LAG_SECONDS, feed.lag_seconds.get().to_string()),
+            (stats::FEED_RESETS, feed.resets.get().to_string()),
+            (stats::FEED_FLUSHES, feed.flushes.get().to_string()),
+            (stats::FEED_EVENTS_APPLIED, feed.events_applied.get().to_string()),
         ]
         .into_iter()
         .map(|(stat, value)| (stat.name.to_owned(), value))

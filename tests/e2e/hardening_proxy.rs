@@ -216,8 +216,20 @@ async fn fills_after_an_unknown_write_outcome_are_not_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_freshness_clock_starts_when_the_upstream_read_begins() {
     let server = Server::start();
-    // The fill holds what it read for 1.5 s: an upstream that slow.
-    let proxy = Proxy::start(&server.url, &["--cache-ttl", "2s", "--debug-fill-delay", "1500ms"]);
+    // The fill holds what it read for 1.5 s: an upstream that slow. The TTL
+    // clock alone (`--coherence off`): with the feed, the write would replace
+    // the entry as soon as the fill lets go of the key.
+    let proxy = Proxy::start(
+        &server.url,
+        &[
+            "--cache-ttl",
+            "2s",
+            "--debug-fill-delay",
+            "1500ms",
+            "--coherence",
+            "off",
+        ],
+    );
     let http = client();
     put_direct(&http, &server, "k", "old").await;
     let url = format!("{}/kv/k", proxy.url);

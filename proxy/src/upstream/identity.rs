@@ -29,6 +29,12 @@ impl StoreIdentity {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Moves to a new generation without a new identity: what was read
+    /// before is never fresh again (the change feed lost track of changes).
+    pub fn advance(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Sets what to do when the identity changes (flush the cache); once.
     pub fn on_change(&self, hook: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_change.set(Box::new(hook));

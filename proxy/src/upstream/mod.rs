@@ -244,6 +244,35 @@ impl Upstream {
         Ok(response)
     }
 
+    /// Opens the change feed (`path_and_query` is a watch's), NDJSON. No
+    /// overall timeout: the stream lasts; the caller bounds its silences.
+    pub async fn watch(&self, path_and_query: &str) -> Result<reqwest::Response, UpstreamError> {
+        let ndjson = HeaderValue::from_static("application/x-ndjson");
+        self.watch_as(path_and_query, Some(&ndjson), None).await
+    }
+
+    /// Opens the change feed as a client asked for it (`Accept`, `Last-Event-ID`).
+    pub async fn watch_as(
+        &self,
+        path_and_query: &str,
+        accept: Option<&HeaderValue>,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = self.client.get(format!("{}{path_and_query}", self.base));
+        if let Some(accept) = accept {
+            request = request.header(header::ACCEPT, accept);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header(&kv_api::feed::LAST_EVENT_ID, id);
+        }
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, token);
+        }
+        let response = request.send().await.map_err(|e| self.error(e))?;
+        self.identity.observe(&self.base, response.headers());
+        Ok(response)
+    }
+
     /// Whether the upstream answers its health check.
     pub async fn healthy(&self) -> bool {
         let request = self

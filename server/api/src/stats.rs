@@ -54,6 +54,31 @@ pub const UPSTREAM_ERRORS: Stat = Stat {
     help: "Upstream requests that failed or timed out",
 };
 
+pub const FEED_HEALTHY: Stat = Stat {
+    name: "feed_healthy",
+    help: "1 while the change feed from the upstream is healthy and the cache answers; 0 while every read is forwarded",
+};
+pub const FEED_APPLIED_REVISION: Stat = Stat {
+    name: "feed_applied_revision",
+    help: "The last upstream revision the change feed applied to the cache",
+};
+pub const FEED_LAG_SECONDS: Stat = Stat {
+    name: "feed_lag_seconds",
+    help: "Seconds since the change feed was last heard from",
+};
+pub const FEED_RESETS: Stat = Stat {
+    name: "feed_resets",
+    help: "Times the change feed could not resume (history too short, another store)",
+};
+pub const FEED_FLUSHES: Stat = Stat {
+    name: "feed_flushes",
+    help: "Times the cache was flushed because the change feed could not say what changed",
+};
+pub const FEED_EVENTS_APPLIED: Stat = Stat {
+    name: "feed_events_applied",
+    help: "Change-feed events (puts and deletes) applied to the cache",
+};
+
 /// Every figure, in the order `STATS` prints them.
 pub const ALL: &[Stat] = &[
     CACHE_HITS,
@@ -67,4 +92,10 @@ pub const ALL: &[Stat] = &[
     CACHE_TTL_SECONDS,
     UPSTREAM_REQUESTS,
     UPSTREAM_ERRORS,
+    FEED_HEALTHY,
+    FEED_APPLIED_REVISION,
+    FEED_LAG_SECONDS,
+    FEED_RESETS,
+    FEED_FLUSHES,
+    FEED_EVENTS_APPLIED,
 ];
