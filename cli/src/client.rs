@@ -136,6 +136,13 @@ impl Client {
             .map_err(move |message| CliError::Server(format!("{message} (from {base})"))))
     }
 
+    /// Opens the change feed (NDJSON); the caller reads the status.
+    pub async fn watch(&self, query: &kv_api::feed::WatchQuery) -> Result<reqwest::Response, CliError> {
+        let url = format!("{}{}", self.base, query.path_and_query());
+        let request = self.http.get(url).header(header::ACCEPT, "application/x-ndjson");
+        self.send(request).await
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> Result<String, CliError> {
         let response = self.send(self.http.get(format!("{}/metrics", self.base))).await?;
@@ -171,7 +178,7 @@ impl Client {
     }
 
     /// Turns an error answer into the error of the matching exit code.
-    async fn failure(&self, response: reqwest::Response) -> CliError {
+    pub(crate) async fn failure(&self, response: reqwest::Response) -> CliError {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         let message = serde_json::from_slice::<ErrorBody>(&body)

@@ -9,13 +9,16 @@
 //! - [`transfer`]: `kv export` and `kv import`, streamed.
 //! - [`up`]: server and proxy together in one process.
 //! - [`bench`]: the load generator.
+//! - [`watch`]: `kv watch`, the change feed printed.
 
 pub mod bench;
 pub mod client;
 pub mod error;
 pub mod shell;
+pub mod staleness;
 pub mod transfer;
 pub mod up;
+pub mod watch;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -95,6 +98,8 @@ pub enum Command {
     },
     /// Show the proxy's cache figures.
     Stats,
+    /// Print changes as they happen: `12 PUT name Derek Moss`, `13 DELETE name`.
+    Watch(watch::WatchArgs),
     /// An interactive prompt: PUT, GET, DEL, DUMP, STATS, HELP, QUIT.
     Shell,
     /// Write every pair (or those under --prefix) to stdout as NDJSON.
@@ -106,6 +111,9 @@ pub enum Command {
     Import(transfer::ImportArgs),
     /// Measure throughput and latency over HTTP (--url), the line protocol (--line) or RESP (--resp).
     Bench(bench::BenchArgs),
+    /// Measure how long after a write other proxies answer the old value (tests/perf/coherence.sh).
+    #[command(hide = true)]
+    BenchStaleness(staleness::StalenessArgs),
     /// Print a shell completion script: `kv completions bash > /etc/bash_completion.d/kv`.
     Completions { shell: clap_complete::Shell },
 }
@@ -165,9 +173,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Shell => shell::run(client()?).await,
+        Command::Watch(args) => watch::run(&client()?, args).await,
         Command::Export { prefix } => transfer::dump(&client()?, prefix.as_deref(), transfer::DumpStyle::Ndjson).await,
         Command::Import(args) => transfer::import(&client()?, &args).await,
         Command::Bench(args) => bench::run(args, &cli.url).await,
+        Command::BenchStaleness(args) => staleness::run(args).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "kv", &mut script);
