@@ -4,6 +4,7 @@
 
 mod cli;
 mod consistency;
+mod feed;
 mod hardening_edge;
 mod hardening_proxy;
 mod proxy;
