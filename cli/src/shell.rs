@@ -3,12 +3,14 @@
 //! a person, it runs one command per line and prints no prompt.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use kv_api::command::Command;
 use kv_api::dump::{Item, content_type_for};
+use kv_api::expiry::{Expiry, Touch};
 use kv_api::interpreter::{self, Backend, Next, Replies};
 use rustyline::error::ReadlineError;
 
@@ -98,6 +100,30 @@ impl Backend for Http<'_> {
             .await
             .map(drop)
             .map_err(|err| err.to_string())
+    }
+
+    async fn setex(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), String> {
+        let content_type = content_type_for(&value);
+        self.0
+            .put_with(
+                key,
+                Bytes::from(value),
+                content_type,
+                Precondition::None,
+                Expiry::After(ttl),
+            )
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> Result<bool, String> {
+        let touch = ttl.map_or(Touch::Persist, Touch::After);
+        self.0.touch(key, touch).await.map_err(|err| err.to_string())
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, String> {
+        self.0.ttl(key).await.map_err(|err| err.to_string())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, String> {

@@ -122,6 +122,7 @@ fn put(key: &str, value: Bytes) -> WriteOp {
         value,
         content_type: "application/octet-stream".into(),
         precondition: Precondition::default(),
+        expiry: kv_api::expiry::Expiry::Clear,
     }
 }
 
@@ -451,7 +452,7 @@ async fn live_until_power_loss(
         let mut failed = false;
         for (key, value, answer) in write_all(store, batch).await {
             match answer {
-                Ok(WriteOutcome::Stored { revision, created }) => {
+                Ok(WriteOutcome::Stored { revision, created, .. }) => {
                     assert!(created, "{key} is a fresh key, yet was not created");
                     assert!(
                         revision > floor && revisions.insert(revision),

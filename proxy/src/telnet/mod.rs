@@ -9,12 +9,14 @@
 pub mod connection;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_api::ErrorBody;
 use kv_api::dump::{Item, content_type_for};
+use kv_api::expiry::{Expiry, Touch};
 use kv_api::interpreter::{self, Next};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -242,15 +244,58 @@ impl interpreter::Backend for Lines<'_> {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(&value)));
-        match self.0.write(Method::PUT, key, &headers, Bytes::from(value)).await {
+        match self.0.write(Method::PUT, key, None, &headers, Bytes::from(value)).await {
             Ok(relayed) if relayed.status.is_success() => Ok(()),
             Ok(relayed) => Err(upstream_error(&relayed)),
             Err(_) => Err(UNAVAILABLE.to_owned()),
         }
     }
 
+    async fn setex(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(&value)));
+        let query = Expiry::After(ttl).query();
+        match self
+            .0
+            .write(Method::PUT, key, query, &headers, Bytes::from(value))
+            .await
+        {
+            Ok(relayed) if relayed.status.is_success() => Ok(()),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> Result<bool, String> {
+        let touch = ttl.map_or(Touch::Persist, Touch::After);
+        let headers = HeaderMap::new();
+        match self
+            .0
+            .write(Method::PATCH, key, Some(touch.query()), &headers, Bytes::new())
+            .await
+        {
+            Ok(relayed) if relayed.status.is_success() => Ok(true),
+            Ok(relayed) if relayed.status == StatusCode::NOT_FOUND => Ok(false),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    /// Through the cache, like GET: a cached entry's time left is counted now.
+    async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, String> {
+        match self.0.get(key).await {
+            Ok(lookup) => Ok(lookup.value.as_ref().map(|_| lookup.time_left())),
+            Err(GetError::Unreachable(_)) => Err(UNAVAILABLE.to_owned()),
+            Err(GetError::Refused(relayed)) => Err(upstream_error(&relayed)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, String> {
-        match self.0.write(Method::DELETE, key, &HeaderMap::new(), Bytes::new()).await {
+        match self
+            .0
+            .write(Method::DELETE, key, None, &HeaderMap::new(), Bytes::new())
+            .await
+        {
             Ok(relayed) if relayed.status.is_success() => Ok(true),
             Ok(relayed) if relayed.status == StatusCode::NOT_FOUND => Ok(false),
             Ok(relayed) => Err(upstream_error(&relayed)),

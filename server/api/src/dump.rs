@@ -16,6 +16,8 @@ pub struct Entry {
     pub content_type: String,
     /// The revision of the write that last changed this key (its `ETag`).
     pub version: u64,
+    /// When the key expires, in unix milliseconds ([`crate::expiry`]); `None`: never.
+    pub expires_at: Option<u64>,
 }
 
 /// The default and largest page of a JSON or HTML DUMP.
@@ -129,6 +131,9 @@ pub struct Item {
     /// Left out when it is the default, `application/octet-stream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// When the key expires (RFC 3339 with milliseconds, UTC); left out when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl Item {
@@ -149,7 +154,13 @@ impl Item {
             value_base64,
             version: Some(entry.version),
             content_type,
+            expires_at: entry.expires_at.map(crate::expiry::format_rfc3339),
         }
+    }
+
+    /// The deadline in unix milliseconds, if the item has one.
+    pub fn expires_at_ms(&self) -> Result<Option<u64>, String> {
+        self.expires_at.as_deref().map(crate::expiry::parse_rfc3339).transpose()
     }
 
     /// The value's bytes, from whichever field carries them.
@@ -252,6 +263,7 @@ mod tests {
             value: Bytes::copy_from_slice(value),
             content_type: DEFAULT_CONTENT_TYPE.into(),
             version: 7,
+            expires_at: None,
         }
     }
 
@@ -299,5 +311,15 @@ mod tests {
             serde_json::to_string(&text).unwrap(),
             r#"{"key":"k","value":"hi","version":7}"#
         );
+        let expiring = Entry {
+            expires_at: Some(1_700_000_001_532),
+            ..entry("k", b"hi")
+        };
+        let item = Item::from_entry(&expiring, false);
+        assert_eq!(
+            serde_json::to_string(&item).unwrap(),
+            r#"{"key":"k","value":"hi","version":7,"expires_at":"2023-11-14T22:13:21.532Z"}"#
+        );
+        assert_eq!(item.expires_at_ms(), Ok(Some(1_700_000_001_532)));
     }
 }

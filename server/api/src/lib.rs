@@ -8,6 +8,7 @@
 //! - [`key`]: how a key is spelled in a URL (decode, validate, encode).
 //! - [`error`]: [`ErrorCode`](error::ErrorCode), every error code with its status, and the JSON body.
 //! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
+//! - [`expiry`]: per-key deadlines on the wire: `ttl`, `X-Kv-Expires-In`, `expires_at`.
 //! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
 //! - [`quote`]: Redis-style quoting for line-oriented output.
 //! - [`framing`]: the line protocol's bytes to lines (telnet negotiation, line limits), without I/O.
@@ -20,6 +21,7 @@ pub mod command;
 pub mod condition;
 pub mod dump;
 pub mod error;
+pub mod expiry;
 pub mod framing;
 pub mod interpreter;
 pub mod key;

@@ -6,7 +6,7 @@
 pub const DUMP: &str = "/kv";
 /// `/kv/` with no key: routed so that it answers `bad_key`, not `no_route`.
 pub const EMPTY_KEY: &str = "/kv/";
-/// One key: `GET`, `HEAD`, `PUT`, `DELETE /kv/{key}`.
+/// One key: `GET`, `HEAD`, `PUT`, `PATCH` (its deadline), `DELETE /kv/{key}`.
 pub const KEY: &str = "/kv/{*key}";
 pub const HEALTHZ: &str = "/healthz";
 pub const METRICS: &str = "/metrics";

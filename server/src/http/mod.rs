@@ -1,7 +1,7 @@
 //! The HTTP API of kv-server: the router and what its handlers share. The
 //! contract is `openapi.yaml` at the repository root, served at `GET /openapi.yaml`.
 //!
-//! - [`keys`]: one key (GET, HEAD, PUT, DELETE) and the shortcut for plain GETs.
+//! - [`keys`]: one key (GET, HEAD, PUT, PATCH, DELETE) and the shortcut for plain GETs.
 //! - [`dump`]: `GET /kv` in its four shapes.
 //! - [`page`]: the HTML listing.
 
@@ -40,11 +40,17 @@ pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
         .route(routes::DUMP, get(dump::dump))
         .route(
             routes::EMPTY_KEY,
-            get(keys::get_key).put(keys::put_key).delete(keys::delete_key),
+            get(keys::get_key)
+                .put(keys::put_key)
+                .patch(keys::patch_key)
+                .delete(keys::delete_key),
         )
         .route(
             routes::KEY,
-            get(keys::get_key).put(keys::put_key).delete(keys::delete_key),
+            get(keys::get_key)
+                .put(keys::put_key)
+                .patch(keys::patch_key)
+                .delete(keys::delete_key),
         )
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics_page))

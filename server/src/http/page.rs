@@ -104,6 +104,7 @@ mod tests {
             key: key.into(),
             value: Bytes::copy_from_slice(value),
             content_type: DEFAULT_CONTENT_TYPE.into(),
+            expires_at: None,
             version: 7,
         }
     }

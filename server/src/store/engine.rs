@@ -28,7 +28,8 @@ use futures_util::future::BoxFuture;
 use kv_api::dump::Entry;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{self, DATA, META, REVISION};
+use super::record::{self, DATA, DEADLINES, META, REVISION};
+use super::sweep::{self, Sweep};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
 use super::{Scan, Store, StoreError, WriteOp, WriteOutcome};
@@ -102,6 +103,8 @@ struct Inner {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The background removal of expired keys ([`sweep`]).
+    sweep: sweep::Handle,
 }
 
 /// State the writer thread publishes to readers.
@@ -215,10 +218,11 @@ impl RedbStore {
         let (revision, replayed) = {
             let mut data = txn.open_table(DATA).map_err(|e| engine_err(&e))?;
             let mut meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
+            let mut deadlines = txn.open_table(DEADLINES).map_err(|e| engine_err(&e))?;
             let durable = meta.get(REVISION).map_err(|e| engine_err(&e))?.map_or(0, |g| g.value());
             let changes = wal.replay(durable).map_err(wal_err)?;
             for change in &changes {
-                record::apply_change(&mut data, change).map_err(|e| engine_err(&e))?;
+                record::apply_change(&mut data, &mut deadlines, change).map_err(|e| engine_err(&e))?;
             }
             let revision = changes.last().map_or(durable, Change::revision);
             meta.insert(REVISION, revision).map_err(|e| engine_err(&e))?;
@@ -250,6 +254,7 @@ impl RedbStore {
                 .spawn(move || Writer::new(&db, &shared, wal, &options).run(jobs))
                 .map_err(|e| engine_err(&e))?
         };
+        let sweep = Sweep::start(Arc::downgrade(&db), queue.downgrade(), sweep::BATCH).map_err(|e| engine_err(&e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -258,6 +263,7 @@ impl RedbStore {
                 shared,
                 queue,
                 writer: Mutex::new(Some(writer)),
+                sweep,
             }),
         })
     }
@@ -277,6 +283,8 @@ impl RedbStore {
     /// Finishes the queued writes and stops the writer thread. The file itself
     /// is closed when the last handle is dropped.
     pub async fn close(&self) {
+        let sweep = self.inner.sweep.clone();
+        let _ = tokio::task::spawn_blocking(move || sweep.stop()).await;
         let _ = self.inner.queue.send(Job::Close).await;
         let writer = self.inner.writer.lock().expect("writer handle lock").take();
         if let Some(writer) = writer {
@@ -296,7 +304,8 @@ impl Store for RedbStore {
         let Some(record) = table.get(key).map_err(unavailable)? else {
             return Ok(None);
         };
-        Ok(Some(record::decode(key.to_owned(), record.value(), false)))
+        let entry = record::decode(key.to_owned(), record.value(), false);
+        Ok((!kv_api::expiry::expired(entry.expires_at, kv_api::expiry::now_ms())).then_some(entry))
     }
 
     fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
@@ -310,6 +319,7 @@ impl Store for RedbStore {
             .range::<&str>((start, std::ops::Bound::Unbounded))
             .map_err(unavailable)?;
         let mut entries = Vec::with_capacity(scan.limit.min(1024));
+        let now = kv_api::expiry::now_ms();
         for item in range {
             if entries.len() >= scan.limit {
                 break;
@@ -318,6 +328,9 @@ impl Store for RedbStore {
             let key = key.value();
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
+            }
+            if record::live_version(record.value(), now).is_none() {
+                continue;
             }
             entries.push(record::decode(key.to_owned(), record.value(), scan.keys_only));
         }
@@ -399,6 +412,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use kv_api::condition::{Condition, Precondition};
+    use kv_api::expiry::Expiry;
 
     fn put(key: &str, value: &str) -> WriteOp {
         WriteOp::Put {
@@ -406,6 +420,7 @@ mod tests {
             value: Bytes::from(value.to_owned()),
             content_type: "text/plain".into(),
             precondition: Precondition::default(),
+            expiry: Expiry::Clear,
         }
     }
 
@@ -417,14 +432,16 @@ mod tests {
             store.write(put("a", "1")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 1,
-                created: true
+                created: true,
+                expires_at: None
             }
         );
         assert_eq!(
             store.write(put("a", "2")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 2,
-                created: false
+                created: false,
+                expires_at: None
             }
         );
         let delete = WriteOp::Delete {
@@ -444,7 +461,8 @@ mod tests {
             store.write(put("b", "x")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 4,
-                created: true
+                created: true,
+                expires_at: None
             }
         );
     }
@@ -461,6 +479,7 @@ mod tests {
                 if_match: Condition::None,
                 if_none_match: Condition::Any,
             },
+            expiry: Expiry::Clear,
         };
         let results = futures_util::future::join_all((0..50).map(|i| store.write(create_only(&i.to_string())))).await;
         let stored = results
@@ -468,6 +487,120 @@ mod tests {
             .filter(|r| matches!(r, Ok(WriteOutcome::Stored { .. })))
             .count();
         assert_eq!(stored, 1, "exactly one create-if-absent may win: {results:?}");
+    }
+
+    fn put_with(key: &str, value: &str, expiry: Expiry, precondition: Precondition) -> WriteOp {
+        WriteOp::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_owned()),
+            content_type: "text/plain".into(),
+            precondition,
+            expiry,
+        }
+    }
+
+    fn put_for(key: &str, ttl: Duration) -> WriteOp {
+        put_with(key, "v", Expiry::After(ttl), Precondition::default())
+    }
+
+    #[tokio::test]
+    async fn an_expired_key_is_absent_before_and_after_the_sweep_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        store.write(put_for("short", Duration::from_millis(150))).await.unwrap();
+        store.write(put_for("long", Duration::from_secs(600))).await.unwrap();
+        store.write(put("plain", "v")).await.unwrap();
+        let deadline = store.get("short").unwrap().unwrap().expires_at.unwrap();
+        assert!(deadline > kv_api::expiry::now_ms());
+        std::thread::sleep(Duration::from_millis(160));
+        // Absent at once, whether or not the sweep got to it.
+        assert!(store.get("short").unwrap().is_none());
+        let keys: Vec<String> = store
+            .scan(&Scan {
+                limit: 10,
+                ..Scan::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["long", "plain"]);
+        // Absent for writes: a create-only put succeeds, as a new key.
+        let create_only = Precondition {
+            if_match: Condition::None,
+            if_none_match: Condition::Any,
+        };
+        let create_only = put_with("short", "again", Expiry::Clear, create_only);
+        assert!(matches!(
+            store.write(create_only).await.unwrap(),
+            WriteOutcome::Stored { created: true, .. }
+        ));
+        // The sweep removes expired keys with revisions of their own.
+        store.write(put_for("gone", Duration::from_millis(20))).await.unwrap();
+        let before = store.revision();
+        for _ in 0..100 {
+            if store.len().unwrap() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.len().unwrap(), 3, "the sweep removed the expired key");
+        assert_eq!(store.revision(), before + 1, "one delete, one revision");
+        // Deadlines survive a reopen, counted from the write.
+        store.close().await;
+        drop(store);
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        let long = store.get("long").unwrap().unwrap();
+        assert!(long.expires_at.unwrap() - kv_api::expiry::now_ms() <= 600_000);
+        assert_eq!(store.get("plain").unwrap().unwrap().expires_at, None);
+    }
+
+    #[tokio::test]
+    async fn keepttl_keeps_touch_moves_and_a_plain_put_clears_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        store.write(put_for("k", Duration::from_secs(60))).await.unwrap();
+        let first = store.get("k").unwrap().unwrap().expires_at;
+        let keep = put_with("k", "w", Expiry::Keep, Precondition::default());
+        let WriteOutcome::Stored { expires_at, .. } = store.write(keep).await.unwrap() else {
+            panic!("not stored");
+        };
+        assert_eq!(expires_at, first);
+        let touch = |touch| WriteOp::Touch {
+            key: "k".into(),
+            touch,
+            precondition: Precondition::default(),
+        };
+        let moved = store
+            .write(touch(kv_api::expiry::Touch::After(Duration::from_secs(5))))
+            .await
+            .unwrap();
+        assert!(matches!(
+            moved,
+            WriteOutcome::Stored {
+                expires_at: Some(_),
+                created: false,
+                ..
+            }
+        ));
+        let entry = store.get("k").unwrap().unwrap();
+        assert_eq!(&entry.value[..], b"w", "the value is untouched");
+        assert!(entry.expires_at < first);
+        store.write(touch(kv_api::expiry::Touch::Persist)).await.unwrap();
+        assert_eq!(store.get("k").unwrap().unwrap().expires_at, None);
+        store.write(put_for("k", Duration::from_secs(5))).await.unwrap();
+        store.write(put("k", "x")).await.unwrap();
+        assert_eq!(
+            store.get("k").unwrap().unwrap().expires_at,
+            None,
+            "a plain put clears it"
+        );
+        let missing = WriteOp::Touch {
+            key: "nope".into(),
+            touch: kv_api::expiry::Touch::Persist,
+            precondition: Precondition::default(),
+        };
+        assert_eq!(store.write(missing).await.unwrap(), WriteOutcome::NotFound);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod identity;
 mod record;
+mod sweep;
 pub mod wal;
 mod writer;
 
@@ -16,6 +17,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use kv_api::condition::Precondition;
 use kv_api::dump::Entry;
+use kv_api::expiry::{Expiry, Touch};
 
 pub use self::engine::RedbStore;
 
@@ -27,18 +29,48 @@ pub enum WriteOp {
         value: Bytes,
         content_type: String,
         precondition: Precondition,
+        /// What becomes of the key's deadline.
+        expiry: Expiry,
     },
     Delete {
         key: String,
         precondition: Precondition,
     },
+    /// A new deadline (or none) for an existing key, its value unchanged: a
+    /// write with a revision of its own (`PATCH`, `EXPIRE`, `PERSIST`).
+    Touch {
+        key: String,
+        touch: Touch,
+        precondition: Precondition,
+    },
+    /// The sweep's removal of a key whose deadline `expires_at` has passed;
+    /// a no-op (`NotFound`) if the key has since been written again.
+    Expire {
+        key: String,
+        expires_at: u64,
+    },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key, .. } | Self::Touch { key, .. } | Self::Expire { key, .. } => {
+                key
+            }
+        }
+    }
 }
 
 /// What an acknowledged put did. It is returned only once the write is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// Stored at this revision; `created` when the key was new.
-    Stored { revision: u64, created: bool },
+    /// Stored at this revision; `created` when the key was new (or had
+    /// expired); `expires_at`: the key's deadline now, unix ms.
+    Stored {
+        revision: u64,
+        created: bool,
+        expires_at: Option<u64>,
+    },
     /// A precondition did not hold; nothing was written.
     PreconditionFailed { current: Option<u64> },
 }
@@ -54,11 +86,27 @@ pub enum DeleteOutcome {
     PreconditionFailed { current: Option<u64> },
 }
 
+/// What an acknowledged touch did. It is returned only once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TouchOutcome {
+    /// The key's deadline is now `expires_at`, at this revision.
+    Touched { revision: u64, expires_at: Option<u64> },
+    /// There was no such key (or it had expired); nothing was written.
+    NotFound,
+    /// A precondition did not hold; nothing was written.
+    PreconditionFailed { current: Option<u64> },
+}
+
 /// What an acknowledged write did, as the engine's one queue answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// A put stored the value at this revision; `created` when the key was new.
-    Stored { revision: u64, created: bool },
+    /// A put (or a touch) stored the value at this revision; `created` when
+    /// the key was new; `expires_at`: its deadline.
+    Stored {
+        revision: u64,
+        created: bool,
+        expires_at: Option<u64>,
+    },
     /// A delete removed the key at this revision.
     Deleted { revision: u64 },
     /// A delete found no such key; nothing was written.
@@ -92,9 +140,12 @@ pub enum StoreError {
 /// A key-value engine. Reads are synchronous and cheap; writes are durable
 /// (fsynced) when their future resolves, and may be batched with others.
 pub trait Store: Send + Sync + 'static {
+    /// The key's entry, `None` when there is none or it has expired (even
+    /// if the sweep has not removed it yet).
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Live entries only: expired ones are skipped.
     fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
-    /// The number of keys stored.
+    /// The number of keys stored (expired keys the sweep has not removed yet included).
     fn len(&self) -> Result<u64, StoreError>;
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
@@ -112,16 +163,26 @@ pub trait Store: Send + Sync + 'static {
         value: Bytes,
         content_type: String,
         precondition: Precondition,
+        expiry: Expiry,
     ) -> BoxFuture<'static, Result<PutOutcome, StoreError>> {
         let op = WriteOp::Put {
             key,
             value,
             content_type,
             precondition,
+            expiry,
         };
         self.write(op)
             .map(|outcome| match outcome? {
-                WriteOutcome::Stored { revision, created } => Ok(PutOutcome::Stored { revision, created }),
+                WriteOutcome::Stored {
+                    revision,
+                    created,
+                    expires_at,
+                } => Ok(PutOutcome::Stored {
+                    revision,
+                    created,
+                    expires_at,
+                }),
                 WriteOutcome::PreconditionFailed { current } => Ok(PutOutcome::PreconditionFailed { current }),
                 other => Err(StoreError::mismatch("put", other)),
             })
@@ -137,6 +198,28 @@ pub trait Store: Send + Sync + 'static {
                 other => Err(StoreError::mismatch("delete", other)),
             })
             .boxed()
+    }
+
+    fn touch(
+        &self,
+        key: String,
+        touch: Touch,
+        precondition: Precondition,
+    ) -> BoxFuture<'static, Result<TouchOutcome, StoreError>> {
+        self.write(WriteOp::Touch {
+            key,
+            touch,
+            precondition,
+        })
+        .map(|outcome| match outcome? {
+            WriteOutcome::Stored {
+                revision, expires_at, ..
+            } => Ok(TouchOutcome::Touched { revision, expires_at }),
+            WriteOutcome::NotFound => Ok(TouchOutcome::NotFound),
+            WriteOutcome::PreconditionFailed { current } => Ok(TouchOutcome::PreconditionFailed { current }),
+            other => Err(StoreError::mismatch("touch", other)),
+        })
+        .boxed()
     }
 }
 

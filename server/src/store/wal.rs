@@ -13,10 +13,13 @@
 //! # Format
 //! A 4 KiB header: [`MAGIC`] and a random 32-byte key. Then records, each one
 //! group: `magic: u32 | payload length: u32 | tag: [u8; 16] | payload`, where
-//! the payload is `count: u32` changes, each `kind: u8` (1 put, 2 delete),
-//! `revision: u64`, `key length: u16`, key, and for a put `content-type
-//! length: u8`, content type, `value length: u32`, value. Integers are little
-//! endian. The tag is HMAC-SHA256 (truncated to 16 bytes) under the header's
+//! the payload is `count: u32` changes, each `kind: u8` (1 put, 2 delete,
+//! 3 put with a deadline, 4 delete of an expired key), `revision: u64`, `key
+//! length: u16`, key, for kind 3 `expires_at: u64` (unix ms), and for a put
+//! `content-type length: u8`, content type, `value length: u32`, value.
+//! Integers are little endian. Kinds 3 and 4 came with expiry: a log written
+//! before holds only 1 and 2 and replays as it always did (a log with kinds 3
+//! or 4 is not for an older kv-server, whose replay would stop at them). The tag is HMAC-SHA256 (truncated to 16 bytes) under the header's
 //! key over the length and the payload.
 //!
 //! # Why a keyed tag
@@ -60,6 +63,8 @@ const MAX_PAYLOAD: usize = 1 << 30;
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+const PUT_EXPIRING: u8 = 3;
+const EXPIRED: u8 = 4;
 
 /// One change a group made, as it is logged and replayed: the key's state
 /// after the write, not the request (preconditions were already decided).
@@ -70,10 +75,15 @@ pub enum Change {
         revision: u64,
         content_type: String,
         value: Bytes,
+        /// The key's deadline, unix ms.
+        expires_at: Option<u64>,
     },
     Delete {
         key: String,
         revision: u64,
+        /// Removed because its deadline passed (the sweep), not by a client:
+        /// what a change feed will report as `"reason":"expired"`.
+        expired: bool,
     },
 }
 
@@ -285,18 +295,22 @@ fn encode(key: &hmac::Key, changes: &[Change], out: &mut Vec<u8>) {
                 revision,
                 content_type,
                 value,
+                expires_at,
             } => {
-                out.push(PUT);
+                out.push(if expires_at.is_some() { PUT_EXPIRING } else { PUT });
                 out.extend_from_slice(&revision.to_le_bytes());
                 put_key(out, key);
+                if let Some(at) = expires_at {
+                    out.extend_from_slice(&at.to_le_bytes());
+                }
                 let content_type = &content_type.as_bytes()[..content_type.len().min(255)];
                 out.push(content_type.len() as u8);
                 out.extend_from_slice(content_type);
                 out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                 out.extend_from_slice(value);
             }
-            Change::Delete { key, revision } => {
-                out.push(DELETE);
+            Change::Delete { key, revision, expired } => {
+                out.push(if *expired { EXPIRED } else { DELETE });
                 out.extend_from_slice(&revision.to_le_bytes());
                 put_key(out, key);
             }
@@ -329,7 +343,12 @@ fn decode(payload: &[u8]) -> Option<Vec<Change>> {
         let key_len = usize::from(cursor.u16()?);
         let key = String::from_utf8(cursor.take(key_len)?.to_vec()).ok()?;
         let change = match kind {
-            PUT => {
+            PUT | PUT_EXPIRING => {
+                let expires_at = if kind == PUT_EXPIRING {
+                    Some(cursor.u64()?)
+                } else {
+                    None
+                };
                 let type_len = usize::from(cursor.take(1)?[0]);
                 // Lossy: the HTTP layer admits only printable ASCII, and a record
                 // whose tag checks out must never be dropped over its content type.
@@ -341,9 +360,14 @@ fn decode(payload: &[u8]) -> Option<Vec<Change>> {
                     revision,
                     content_type,
                     value,
+                    expires_at,
                 }
             }
-            DELETE => Change::Delete { key, revision },
+            DELETE | EXPIRED => Change::Delete {
+                key,
+                revision,
+                expired: kind == EXPIRED,
+            },
             _ => return None,
         };
         if changes
@@ -394,6 +418,7 @@ mod tests {
             revision,
             content_type: "text/plain".into(),
             value: Bytes::from(value.to_owned()),
+            expires_at: None,
         }
     }
 
@@ -441,6 +466,7 @@ mod tests {
             vec![Change::Delete {
                 key: "key/2".into(),
                 revision: 4,
+                expired: false,
             }],
             group(5..=5),
         ]);
@@ -449,6 +475,67 @@ mod tests {
         assert_eq!(changes[1], put(2, "vv"));
         assert_eq!(revisions(&reopen(&bytes).replay(3).unwrap()), [4, 5]);
         assert!(reopen(&bytes).replay(5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deadlines_and_expiry_deletes_are_logged() {
+        let expiring = Change::Put {
+            key: "session".into(),
+            revision: 1,
+            content_type: "text/plain".into(),
+            value: Bytes::from_static(b"v"),
+            expires_at: Some(1_700_000_000_123),
+        };
+        let swept = Change::Delete {
+            key: "session".into(),
+            revision: 2,
+            expired: true,
+        };
+        let (_, bytes) = log_with(&[vec![expiring.clone(), swept.clone()], group(3..=3)]);
+        assert_eq!(reopen(&bytes).replay(0).unwrap(), [expiring, swept, put(3, "vvv")]);
+    }
+
+    #[test]
+    fn a_log_from_before_expiry_replays() {
+        // One record as the previous version wrote it: a put (kind 1) of
+        // "k" = "v" at revision 1, and a delete (kind 2) of "k" at revision 2.
+        let mut payload = 2u32.to_le_bytes().to_vec();
+        payload.push(1);
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&1u16.to_le_bytes());
+        payload.extend_from_slice(b"k");
+        payload.push(10);
+        payload.extend_from_slice(b"text/plain");
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(b"v");
+        payload.push(2);
+        payload.extend_from_slice(&2u64.to_le_bytes());
+        payload.extend_from_slice(&1u16.to_le_bytes());
+        payload.extend_from_slice(b"k");
+        let (wal, mut bytes) = log_with(&[]);
+        let mut record = RECORD_MAGIC.to_le_bytes().to_vec();
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&sign(&wal.key, &record[4..8], &payload));
+        record.extend_from_slice(&payload);
+        bytes.extend_from_slice(&record);
+        let changes = reopen(&bytes).replay(0).unwrap();
+        assert_eq!(
+            changes,
+            [
+                Change::Put {
+                    key: "k".into(),
+                    revision: 1,
+                    content_type: "text/plain".into(),
+                    value: Bytes::from_static(b"v"),
+                    expires_at: None,
+                },
+                Change::Delete {
+                    key: "k".into(),
+                    revision: 2,
+                    expired: false,
+                }
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use ::redb::{Database, Durability, ReadableTable, StorageBackend, WriteTransacti
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{CHECKPOINT_INTERVAL, Job, RedbOptions, Shared};
-use super::record::{self, CHECKPOINT, DATA, META, REVISION};
+use kv_api::expiry::{Expiry, Touch};
+
+use super::record::{self, CHECKPOINT, DATA, DEADLINES, META, REVISION};
 use super::wal::{Change, Wal};
 use super::{StoreError, WriteOp, WriteOutcome};
 
@@ -229,66 +231,110 @@ impl<'a, B: StorageBackend> Writer<'a, B> {
 fn op_bytes(op: &WriteOp) -> usize {
     match op {
         WriteOp::Put { key, value, .. } => key.len() + value.len(),
-        WriteOp::Delete { key, .. } => key.len(),
+        WriteOp::Delete { key, .. } | WriteOp::Touch { key, .. } | WriteOp::Expire { key, .. } => key.len(),
     }
 }
 
 /// Applies a group in `txn`, in order, each write seeing the ones before it;
 /// returns each write's outcome and the changes made (with their revisions,
 /// consecutive from `start + 1`).
+///
+/// A key whose deadline has passed is absent here as for readers: a
+/// precondition sees no version, a delete or a touch finds nothing, a put
+/// creates it anew. `now` is read once per group, before its first write.
 fn apply_ops(
     txn: &WriteTransaction,
     ops: &[&WriteOp],
     start: u64,
 ) -> Result<(Vec<WriteOutcome>, Vec<Change>), ::redb::Error> {
+    let now = kv_api::expiry::now_ms();
     let mut revision = start;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut changes = Vec::with_capacity(ops.len());
     let mut data = txn.open_table(DATA)?;
+    let mut deadlines = txn.open_table(DEADLINES)?;
     for op in ops {
-        let key = match op {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_str(),
+        let key = op.key();
+        let (current, current_deadline) = match data.get(key)? {
+            Some(record) => {
+                let record = record.value();
+                (record::live_version(record, now), record::expires_at_of(record))
+            }
+            None => (None, None),
         };
-        let current = data.get(key)?.map(|record| record::version(record.value()));
-        let outcome = match op {
-            WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }
+        let change = match op {
+            WriteOp::Put { precondition, .. }
+            | WriteOp::Delete { precondition, .. }
+            | WriteOp::Touch { precondition, .. }
                 if !precondition.allows(current) =>
             {
-                WriteOutcome::PreconditionFailed { current }
+                outcomes.push(WriteOutcome::PreconditionFailed { current });
+                continue;
             }
-            WriteOp::Delete { .. } if current.is_none() => WriteOutcome::NotFound,
-            WriteOp::Delete { key, .. } => {
-                revision += 1;
-                let change = Change::Delete {
+            WriteOp::Delete { .. } | WriteOp::Touch { .. } if current.is_none() => {
+                outcomes.push(WriteOutcome::NotFound);
+                continue;
+            }
+            WriteOp::Delete { key, .. } => Change::Delete {
+                key: key.clone(),
+                revision: revision + 1,
+                expired: false,
+            },
+            WriteOp::Expire { key, expires_at } => {
+                // Only the record the sweep saw, and only once it is due.
+                if current_deadline != Some(*expires_at) || *expires_at > now {
+                    outcomes.push(WriteOutcome::NotFound);
+                    continue;
+                }
+                Change::Delete {
                     key: key.clone(),
-                    revision,
-                };
-                record::apply_change(&mut data, &change)?;
-                changes.push(change);
-                WriteOutcome::Deleted { revision }
+                    revision: revision + 1,
+                    expired: true,
+                }
             }
             WriteOp::Put {
                 key,
                 value,
                 content_type,
+                expiry,
                 ..
-            } => {
-                revision += 1;
-                let change = Change::Put {
+            } => Change::Put {
+                key: key.clone(),
+                revision: revision + 1,
+                content_type: content_type.clone(),
+                value: value.clone(),
+                expires_at: match expiry {
+                    Expiry::Clear => None,
+                    Expiry::Keep => current.and(current_deadline),
+                    Expiry::After(ttl) => Some(kv_api::expiry::deadline(now, *ttl)),
+                },
+            },
+            WriteOp::Touch { key, touch, .. } => {
+                let record = data.get(key.as_str())?.expect("a live key has a record");
+                let entry = record::decode(key.clone(), record.value(), false);
+                Change::Put {
                     key: key.clone(),
-                    revision,
-                    content_type: content_type.clone(),
-                    value: value.clone(),
-                };
-                record::apply_change(&mut data, &change)?;
-                changes.push(change);
-                WriteOutcome::Stored {
-                    revision,
-                    created: current.is_none(),
+                    revision: revision + 1,
+                    content_type: entry.content_type,
+                    value: entry.value,
+                    expires_at: match touch {
+                        Touch::Persist => None,
+                        Touch::After(ttl) => Some(kv_api::expiry::deadline(now, *ttl)),
+                    },
                 }
             }
         };
-        outcomes.push(outcome);
+        revision += 1;
+        record::apply_change(&mut data, &mut deadlines, &change)?;
+        outcomes.push(match &change {
+            Change::Put { expires_at, .. } => WriteOutcome::Stored {
+                revision,
+                created: current.is_none(),
+                expires_at: *expires_at,
+            },
+            Change::Delete { .. } => WriteOutcome::Deleted { revision },
+        });
+        changes.push(change);
     }
     Ok((outcomes, changes))
 }
