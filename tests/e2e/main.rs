@@ -4,6 +4,7 @@
 
 mod cli;
 mod consistency;
+mod expiry;
 mod hardening_edge;
 mod hardening_proxy;
 mod proxy;
