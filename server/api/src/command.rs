@@ -13,7 +13,7 @@
 //! Command names are case-insensitive. A key or value may be written as a
 //! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
 //! `kv shell` speaks the same commands through this parser, and
-//! [`crate::interpreter`] answers them for both.
+//! the interpreter answers them for both.
 
 use crate::key::{self, KeyError};
 use crate::quote::{self, QuoteError};
