@@ -295,7 +295,7 @@ pub fn key_page(entry: &Entry, notice: Option<&Notice>) -> String {
         @if let Some(text) = editable(entry) {
             section {
                 h2 { "Edit" }
-                (edit_form(&entry.key, text, Some(entry.version), &entry.content_type))
+                (edit_form(&entry.key, text, Some(entry.version), &editing_type(entry)))
             }
         } @else {
             p.muted { "A binary value is replaced with " code { "curl -X PUT --data-binary @file" } "; the page does not edit it." }
@@ -328,6 +328,17 @@ fn value_view(entry: &Entry) -> Markup {
                 a href=(download_href(&entry.key)) { "Download it" } "."
             }
         },
+    }
+}
+
+/// The type a value edited on its page is stored with: its own, unless
+/// that says nothing (`application/octet-stream`, the API's default), in
+/// which case text, which it is.
+fn editing_type(entry: &Entry) -> String {
+    if entry.content_type == kv_api::dump::DEFAULT_CONTENT_TYPE {
+        kv_api::dump::content_type_for(&entry.value).to_owned()
+    } else {
+        entry.content_type.clone()
     }
 }
 
@@ -427,7 +438,7 @@ pub fn conflict(key: &str, attempt: &Attempt<'_>, current: Option<&Entry>) -> St
         @match (attempt, current) {
             (Attempt::Save(mine) | Attempt::Create(mine), Some(entry)) if editable(entry).is_some() => section {
                 h2 { "Save yours anyway?" }
-                (edit_form(key, mine, Some(entry.version), &entry.content_type))
+                (edit_form(key, mine, Some(entry.version), &editing_type(entry)))
             },
             (Attempt::Save(mine), None) => section {
                 h2 { "Create it again with yours?" }
