@@ -20,14 +20,29 @@ use crate::quote::{self, QuoteError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Get { key: String },
-    Put { key: String, value: Vec<u8> },
-    Del { key: String },
-    Dump { prefix: Option<String> },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Del {
+        key: String,
+    },
+    Dump {
+        prefix: Option<String>,
+    },
     Stats,
     Help,
     Quit,
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
+    /// `VERBOSE ON|OFF`: whether GET answers say where the value came from.
+    Verbose {
+        on: bool,
+    },
 }
 
 /// What is wrong with a line, written to be answered as `ERR <this>`.
@@ -52,6 +67,7 @@ pub const HELP: &[&str] = &[
     "HELP                 this list",
     "QUIT                 close the connection",
     "AUTH <token>         authenticate, when the proxy has an access token",
+    "VERBOSE ON|OFF       GET answers say where the value came from: VALUE <value> (cached, 3 s old) or (from server)",
     "Quote keys or values holding spaces or special bytes: PUT \"my key\" \"two\\nlines\" (escapes \\\" \\\\ \\n \\r \\t \\xHH)",
 ];
 
@@ -106,6 +122,11 @@ impl Command {
             b"STATS" => no_args(rest, Self::Stats, "STATS")?,
             b"HELP" => Self::Help,
             b"QUIT" | b"EXIT" => Self::Quit,
+            b"VERBOSE" => match trim_start(rest).to_ascii_uppercase().trim_ascii_end() {
+                b"ON" => Self::Verbose { on: true },
+                b"OFF" => Self::Verbose { on: false },
+                _ => return Err(ParseError::Usage("VERBOSE ON|OFF")),
+            },
             b"AUTH" => {
                 let (token, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage("AUTH <token>"))?;
                 if !trim_start(rest).is_empty() {
@@ -136,6 +157,8 @@ impl Command {
             Self::Help => "HELP".into(),
             Self::Quit => "QUIT".into(),
             Self::Auth { token } => format!("AUTH {}", quote::render_key(token)),
+            Self::Verbose { on: true } => "VERBOSE ON".into(),
+            Self::Verbose { on: false } => "VERBOSE OFF".into(),
         }
     }
 }
@@ -272,6 +295,9 @@ mod tests {
         assert_eq!(parse("PUT age = 18"), put("age", b"18"));
         assert_eq!(parse("put Fname = Sayali"), put("Fname", b"Sayali"));
         assert_eq!(parse("get name"), Command::Get { key: "name".into() });
+        assert_eq!(parse("verbose on"), Command::Verbose { on: true });
+        assert_eq!(parse("VERBOSE OFF "), Command::Verbose { on: false });
+        assert!(Command::parse(b"VERBOSE maybe").is_err());
         assert_eq!(parse("DEL age"), Command::Del { key: "age".into() });
         assert_eq!(parse("dump"), Command::Dump { prefix: None });
         assert_eq!(

@@ -131,6 +131,24 @@ pub fn content_type_for(value: &[u8]) -> &'static str {
     }
 }
 
+/// curl's default Content-Type for `--data`: nobody means it as the type of a value.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// The content type a write is stored with: what the request said, except
+/// that curl's default form type (which `curl --data` sends unasked) is
+/// stored as if no type had been given, as [`content_type_for`] says: text
+/// when the bytes are UTF-8, so a browser shows the value instead of
+/// downloading it. The server decides this once, so a write through the
+/// proxy (which forwards the header) is stored the same way.
+pub fn stored_content_type(requested: String, value: &[u8]) -> String {
+    let media = requested.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(FORM_CONTENT_TYPE) {
+        content_type_for(value).to_owned()
+    } else {
+        requested
+    }
+}
+
 /// One pair in a JSON page, an NDJSON line or an export file. A value that is
 /// not UTF-8 travels as `value_base64` instead of `value`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +314,25 @@ mod tests {
             Some(Format::Json)
         );
         assert_eq!(Format::negotiate(Some("image/png")), None);
+    }
+
+    #[test]
+    fn curls_form_type_is_stored_as_no_type() {
+        let form = || FORM_CONTENT_TYPE.to_owned();
+        assert_eq!(stored_content_type(form(), b"Derek Moss"), "text/plain; charset=utf-8");
+        assert_eq!(stored_content_type(form(), &[0xff, 0]), DEFAULT_CONTENT_TYPE);
+        assert_eq!(
+            stored_content_type("Application/X-WWW-Form-Urlencoded; charset=utf-8".into(), b"a=b"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            stored_content_type("application/json".into(), b"{}"),
+            "application/json"
+        );
+        assert_eq!(
+            stored_content_type(DEFAULT_CONTENT_TYPE.into(), b"text"),
+            DEFAULT_CONTENT_TYPE
+        );
     }
 
     #[test]

@@ -23,12 +23,7 @@ pub(super) async fn dump(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Query {
-        prefix,
-        limit,
-        after,
-        keys_only,
-    } = Query::parse(query.as_deref())?;
+    let query = Query::parse(query.as_deref())?;
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
     let format = Format::negotiate(accept).ok_or_else(|| {
         ApiError::new(
@@ -36,6 +31,15 @@ pub(super) async fn dump(
             "DUMP is available as application/json, application/x-ndjson, text/html or text/plain",
         )
     })?;
+    if format == Format::Html {
+        return super::page::listing(&state, &query);
+    }
+    let Query {
+        prefix,
+        limit,
+        after,
+        keys_only,
+    } = query;
     let content_type = [(header::CONTENT_TYPE, format.content_type())];
     match format {
         Format::Json | Format::Html => {
@@ -53,15 +57,8 @@ pub(super) async fn dump(
             } else {
                 None
             };
-            if format == Format::Json {
-                let items = entries.iter().map(|e| dump::Item::from_entry(e, keys_only)).collect();
-                Ok((content_type, axum::Json(dump::Page { items, next })).into_response())
-            } else {
-                let total = state.store.len().ok();
-                let page = super::page::html_page(&entries, &prefix, limit, next.as_deref(), total);
-                let csp = [(header::CONTENT_SECURITY_POLICY, super::page::CSP)];
-                Ok((content_type, csp, page).into_response())
-            }
+            let items = entries.iter().map(|e| dump::Item::from_entry(e, keys_only)).collect();
+            Ok((content_type, axum::Json(dump::Page { items, next })).into_response())
         }
         Format::Ndjson | Format::Text => {
             let scan = Scan {

@@ -3,7 +3,7 @@
 //!
 //! - [`keys`]: one key (GET, HEAD, PUT, DELETE) and the shortcut for plain GETs.
 //! - [`dump`]: `GET /kv` in its four shapes.
-//! - [`page`]: the HTML listing.
+//! - [`page`]: the rows of the HTML listing, and the store behind the pages of [`kv_edge::pages`].
 
 mod dump;
 mod keys;
@@ -49,6 +49,12 @@ pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
+    let pages = kv_edge::pages::Pages {
+        backend: page::StoreBackend(state.store.clone()),
+        max_value_bytes: state.max_value_bytes,
+        token: state.token.clone(),
+    };
+    let routes = kv_edge::pages::routes(routes, pages);
     let routes = kv_edge::auth::guard(routes, state.token.clone());
     kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }
