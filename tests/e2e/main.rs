@@ -4,6 +4,7 @@
 
 mod cli;
 mod consistency;
+mod hardening_server;
 mod proxy;
 mod robustness;
 mod security;

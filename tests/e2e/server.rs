@@ -25,13 +25,13 @@ fn revision(response: &Response) -> u64 {
         .expect("X-Kv-Revision is a number")
 }
 
-async fn json(response: Response) -> Value {
+pub(crate) async fn json(response: Response) -> Value {
     let body = response.bytes().await.expect("body");
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
 }
 
 /// Asserts the JSON error body every failure carries, and returns its code.
-async fn error_code(response: Response, status: u16) -> String {
+pub(crate) async fn error_code(response: Response, status: u16) -> String {
     assert_eq!(response.status(), status, "{response:?}");
     assert_eq!(header(&response, "content-type"), "application/json");
     let body = json(response).await;
@@ -473,7 +473,7 @@ async fn a_1_mib_value_is_accepted_and_one_byte_more_is_413() {
 }
 
 /// Sends one raw HTTP/1.1 request and returns the whole answer as text.
-async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+pub(crate) async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
