@@ -147,13 +147,19 @@ impl StoreError {
     }
 }
 
+/// What a client is told when the store fails: the same words whatever the
+/// cause, which kv-server logs.
+pub const STORE_UNAVAILABLE: &str = "the store failed and refuses writes until kv-server is restarted; see its log";
+
 impl From<StoreError> for kv_api::ApiError {
     fn from(err: StoreError) -> Self {
         use kv_api::{ApiError, ErrorCode};
         match err {
+            // The cause (an OS error, a path, redb's words) goes to the log
+            // only: it means nothing to a client, and tells it about the host.
             StoreError::Unavailable(ref cause) => {
                 tracing::error!(cause = %cause, "store unavailable");
-                ApiError::new(ErrorCode::StoreUnavailable, err.to_string())
+                ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
             }
             StoreError::Closed => ApiError::new(
                 ErrorCode::ShuttingDown,
