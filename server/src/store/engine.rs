@@ -114,6 +114,27 @@ pub(super) struct Shared {
 pub(super) enum Job {
     Write(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>),
     Close,
+    /// Tests only: makes the writer thread panic, as a bug in it would.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Lives on the writer thread's stack: if the thread unwinds, the store is
+/// marked failed on the way out, so that `healthy()` and every later write
+/// say so instead of "shutting down".
+struct WriterAlive(Arc<Shared>);
+
+/// What the store reports once its writer thread has died.
+const WRITER_DIED: &str = "the writer thread stopped unexpectedly (a bug; its panic is in the log); \
+                           restart kv-server to recover";
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!("the writer thread panicked; refusing all writes until kv-server is restarted");
+            let _ = self.0.failure.set(WRITER_DIED.to_owned());
+        }
+    }
 }
 
 impl RedbStore {
@@ -247,7 +268,10 @@ impl RedbStore {
             let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
             thread::Builder::new()
                 .name("kv-writer".into())
-                .spawn(move || Writer::new(&db, &shared, wal, &options).run(jobs))
+                .spawn(move || {
+                    let _alive = WriterAlive(shared.clone());
+                    Writer::new(&db, &shared, wal, &options).run(jobs);
+                })
                 .map_err(|e| engine_err(&e))?
         };
         Ok(Self {
@@ -338,20 +362,40 @@ impl Store for RedbStore {
         if let Some(failure) = self.inner.shared.failure.get() {
             return Err(StoreError::Unavailable(failure.clone()));
         }
+        // The writer thread owns the queue's receiver: closed means it has
+        // exited (closed by `close`, or dropped as the thread died).
+        if self.inner.queue.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the writer thread has stopped; no write can be taken".into(),
+            ));
+        }
         self.read_txn().map(drop)
     }
 
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>> {
-        let queue = self.inner.queue.clone();
+        let (queue, shared) = (self.inner.queue.clone(), self.inner.shared.clone());
         async move {
             let (reply, answer) = oneshot::channel();
-            queue
-                .send(Job::Write(op, reply))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            let gone = || match shared.failure.get() {
+                Some(failure) => StoreError::Unavailable(failure.clone()),
+                None => StoreError::Closed,
+            };
+            queue.send(Job::Write(op, reply)).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+impl RedbStore {
+    /// Makes the writer thread panic, as a bug in it would, and waits for it to end.
+    pub(crate) async fn kill_writer(&self) {
+        let _ = self.inner.queue.send(Job::Panic).await;
+        let writer = self.inner.writer.lock().expect("writer handle lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
     }
 }
 

@@ -77,6 +77,8 @@ impl<'a, B: StorageBackend> Writer<'a, B> {
                         bytes += op_bytes(&op);
                         group.push((op, reply));
                     }
+                    #[cfg(test)]
+                    Job::Panic => panic!("writer thread panic injected by a test"),
                 }
                 if closing || group.len() >= MAX_GROUP_OPS || bytes >= MAX_GROUP_BYTES {
                     break;
