@@ -26,7 +26,8 @@ pub struct Config {
     #[arg(long, env = "KV_DATA_DIR", default_value = "./kv-data")]
     pub data_dir: PathBuf,
 
-    /// The largest value a PUT may store, like 64KiB or 1MiB.
+    /// The largest value a PUT may store, like 64KiB or 1MiB; at most 1023MiB,
+    /// what one record of the write-ahead log holds.
     #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
 

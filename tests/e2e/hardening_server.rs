@@ -1,6 +1,8 @@
 //! kv-server hardening (issue 13): each test pins one fault a review found.
 
-use kv_tests::{Proxy, Server, client};
+use std::time::{Duration, Instant};
+
+use kv_tests::{Proxy, Server, bin, client};
 
 use crate::server::{json, raw_http};
 
@@ -43,4 +45,51 @@ fn proxy_addr(proxy: &Proxy) -> std::net::SocketAddr {
         .trim_start_matches("http://")
         .parse()
         .expect("the proxy's address")
+}
+
+// The write-ahead log holds a group in one record of at most 1 GiB, which
+// replay checks; a `--max-value-bytes` near or over that let a write be
+// acknowledged that recovery would drop. kv-server refuses such a limit at
+// start and names the largest it allows.
+#[test]
+fn a_max_value_bytes_the_log_cannot_hold_is_refused_at_start() {
+    for limit in ["2GiB", "1GiB"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(bin("kv-server"))
+            .args(["--listen", "127.0.0.1:0", "--max-value-bytes", limit, "--data-dir"])
+            .arg(dir.path())
+            .env_remove("KV_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kv-server");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        eprintln!("kv-server --max-value-bytes {limit}: {}", stderr.trim());
+        assert!(status.is_some_and(|s| !s.success()), "{limit}: it started: {stderr}");
+        assert!(
+            stderr.contains("--max-value-bytes") && stderr.contains("the largest allowed is 1023MiB"),
+            "{limit}: {stderr}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{limit}: the data directory was touched"
+        );
+    }
+    // The largest allowed starts.
+    let server = Server::start_with(&["--max-value-bytes", "1023MiB"]);
+    drop(server);
 }

@@ -514,6 +514,30 @@ mod tests {
         assert_eq!(stored, 1, "exactly one create-if-absent may win: {results:?}");
     }
 
+    #[tokio::test]
+    async fn a_write_the_log_cannot_hold_is_refused_and_the_store_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        // calloc'd and never touched: the writer refuses it by its length alone.
+        let huge = WriteOp::Put {
+            key: "huge".into(),
+            value: Bytes::from(vec![0u8; wal::MAX_PAYLOAD]),
+            content_type: String::new(),
+            precondition: Precondition::default(),
+        };
+        let answer = store.write(huge).await;
+        assert!(matches!(answer, Err(StoreError::TooLarge(_))), "{answer:?}");
+        store.healthy().expect("a refused write does not fail the store");
+        assert_eq!(
+            store.write(put("after", "x")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 1,
+                created: true
+            }
+        );
+        assert!(store.get("huge").unwrap().is_none());
+    }
+
     #[test]
     fn a_second_open_of_the_same_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -86,6 +86,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// The write is too large for the write-ahead log to hold in one record
+    /// (so it could not be replayed); it was refused, nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A key-value engine. Reads are synchronous and cheap; writes are durable
@@ -160,6 +164,17 @@ impl From<StoreError> for kv_api::ApiError {
             StoreError::Unavailable(ref cause) => {
                 tracing::error!(cause = %cause, "store unavailable");
                 ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
+            }
+            StoreError::TooLarge(ref cause) => {
+                tracing::warn!(cause = %cause, "a write too large for the write-ahead log was refused");
+                ApiError::new(
+                    ErrorCode::ValueTooLarge,
+                    format!(
+                        "the write is too large for the write-ahead log to hold (values may be at most {} bytes); \
+                         it was not stored",
+                        wal::MAX_VALUE_BYTES
+                    ),
+                )
             }
             StoreError::Closed => ApiError::new(
                 ErrorCode::ShuttingDown,
