@@ -79,6 +79,14 @@ pub fn html_page(entries: &[Entry], prefix: &str, limit: usize, next: Option<&st
         .replace('\u{2029}', "&#x2029;")
 }
 
+/// The most bytes an entry's row can take on the page: its key twice (as
+/// text, escaped, and percent-encoded in the link), its value's preview
+/// escaped, and the markup around them.
+pub fn row_bytes_at_most(entry: &Entry) -> usize {
+    // "&quot;" is the longest escape maud writes, for one byte; "%XX" for a link's.
+    256 + entry.key.len() * (6 + 3) + entry.value.len().min(VALUE_PREVIEW) * 6
+}
+
 /// A value as the table shows it: text (cut at [`VALUE_PREVIEW`]), or the
 /// size of a binary one.
 fn value_cell(value: &[u8]) -> Markup {

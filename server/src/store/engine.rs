@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{self, DATA, META, REVISION};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
-use super::{Scan, Store, StoreError, WriteOp, WriteOutcome};
+use super::{Scan, Scanned, Store, StoreError, WriteOp, WriteOutcome};
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
@@ -323,7 +323,7 @@ impl Store for RedbStore {
         Ok(Some(record::decode(key.to_owned(), record.value(), false)))
     }
 
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let start = match &scan.after {
@@ -333,19 +333,33 @@ impl Store for RedbStore {
         let range = table
             .range::<&str>((start, std::ops::Bound::Unbounded))
             .map_err(unavailable)?;
-        let mut entries = Vec::with_capacity(scan.limit.min(1024));
+        let mut scanned = Scanned {
+            entries: Vec::with_capacity(scan.limit.min(1024)),
+            more: false,
+        };
+        let mut bytes = 0usize;
         for item in range {
-            if entries.len() >= scan.limit {
-                break;
-            }
             let (key, record) = item.map_err(unavailable)?;
             let key = key.value();
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
             }
-            entries.push(record::decode(key.to_owned(), record.value(), scan.keys_only));
+            if scanned.entries.len() >= scan.limit {
+                scanned.more = true;
+                break;
+            }
+            let record = record.value();
+            let size = key.len() + if scan.keys_only { 0 } else { record.len() };
+            if !scanned.entries.is_empty() && bytes.saturating_add(size) > scan.max_bytes {
+                scanned.more = true;
+                break;
+            }
+            bytes += size;
+            scanned
+                .entries
+                .push(record::decode(key.to_owned(), record, scan.keys_only));
         }
-        Ok(entries)
+        Ok(scanned)
     }
 
     fn len(&self) -> Result<u64, StoreError> {

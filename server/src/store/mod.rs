@@ -67,14 +67,27 @@ pub enum WriteOutcome {
 }
 
 /// Which part of the keyspace to list, in key order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Scan {
     pub prefix: String,
     /// Start strictly after this key (a page cursor).
     pub after: Option<String>,
     pub limit: usize,
+    /// A budget in bytes of keys and values: the scan stops before the entry
+    /// that would take it over, so that the engine reads no more than a page
+    /// holds. The first entry is returned whatever its size.
+    pub max_bytes: usize,
     /// Leave values out (they come back empty).
     pub keys_only: bool,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    pub entries: Vec<Entry>,
+    /// Whether an entry of the scan's range comes after the last one (the
+    /// scan stopped at its limit or its byte budget).
+    pub more: bool,
 }
 
 /// Why the store could not do what was asked.
@@ -96,7 +109,9 @@ pub enum StoreError {
 /// (fsynced) when their future resolves, and may be batched with others.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
+    /// Blocks: a scan reads up to `scan.max_bytes` from disk, so callers on
+    /// an async runtime run it with `spawn_blocking`.
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError>;
     /// The number of keys stored.
     fn len(&self) -> Result<u64, StoreError>;
     fn is_empty(&self) -> Result<bool, StoreError> {
