@@ -7,6 +7,7 @@ mod cli;
 mod consistency;
 mod hardening_edge;
 mod hardening_proxy;
+mod hardening_server;
 mod proxy;
 mod robustness;
 mod security;

@@ -17,7 +17,7 @@ fn revision(response: &Response) -> u64 {
         .expect("X-Kv-Revision is a number")
 }
 
-async fn json(response: Response) -> Value {
+pub(crate) async fn json(response: Response) -> Value {
     let body = response.bytes().await.expect("body");
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
 }

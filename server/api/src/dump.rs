@@ -37,6 +37,9 @@ impl Entry {
 /// The default and largest page of a JSON or HTML DUMP.
 pub const DEFAULT_PAGE: usize = 1000;
 pub const MAX_PAGE: usize = 10_000;
+/// A JSON or HTML page stops early, before `limit` items, once it holds this
+/// many bytes (at least one item, whatever its size); its `next` continues it.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// The query of a DUMP, `GET /kv?prefix=&limit=&after=&keys_only=`, parsed
 /// and checked. The proxy forwards the query it rebuilds from this, never

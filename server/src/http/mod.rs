@@ -74,3 +74,52 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], routes::OPENAPI_YAML)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::RedbStore;
+    use crate::store::engine::RedbOptions;
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+        let request = Request::get(uri).body(Body::empty()).expect("a request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("a body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    // A writer thread that dies (a panic, a bug) takes every write with it:
+    // /healthz must say so, not "ok", and writes must be refused as a failure.
+    #[tokio::test]
+    async fn healthz_is_503_once_the_writer_thread_has_died() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).expect("a store");
+        let state = AppState {
+            store: Arc::new(store.clone()) as Arc<dyn Store>,
+            metrics: Arc::new(Metrics::new("kv_server", "Keys stored")),
+            max_value_bytes: 1 << 20,
+            token: None,
+        };
+        let app = app(state, &kv_edge::limits::HttpLimits::default());
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+
+        store.kill_writer().await;
+        let (status, body) = get(&app, "/healthz").await;
+        eprintln!("/healthz after the writer thread died: {status} {body}");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains(r#""error":"store_unavailable""#), "{body}");
+        let write = store
+            .put("k".into(), "v".into(), String::new(), Default::default())
+            .await;
+        assert!(
+            matches!(write, Err(crate::store::StoreError::Unavailable(ref m)) if m.contains("writer thread")),
+            "{write:?}"
+        );
+    }
+}

@@ -69,10 +69,14 @@ fn rows(
             prefix: prefix.to_owned(),
             after: after.clone(),
             limit: want,
+            // A page shows at most a preview of each value, but the scan reads
+            // them whole: bounded in bytes like a JSON page.
+            max_bytes: kv_api::dump::MAX_PAGE_BYTES,
             keys_only: false,
         };
-        let entries = store.scan(&scan)?;
-        let exhausted = entries.len() < want;
+        let scanned = store.scan(&scan)?;
+        let exhausted = !scanned.more;
+        let entries = scanned.entries;
         let mut jumped = false;
         for entry in entries {
             if rows.len() == limit {
