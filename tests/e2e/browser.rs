@@ -130,10 +130,17 @@ impl Browser {
         self.find(css).await.text().await.expect("an element's text")
     }
 
+    /// The element, waiting up to 5 s for it while a page is still loading.
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        match self.client.find(Locator::Css(css)).await {
-            Ok(element) => element,
-            Err(err) => panic!("no element {css} on {}: {err}", self.url().await),
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => return element,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("no element {css} on {}: {err}", self.url().await),
+            }
         }
     }
 
@@ -141,12 +148,30 @@ impl Browser {
         self.client.find_all(Locator::Css(css)).await.expect("find_all").len()
     }
 
+    /// Clicks, then waits (up to 10 s) for the page the click loads, if it
+    /// loads one: a loaded machine can answer the click before the form's
+    /// POST and its redirect are done, and the next check would race them.
     async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|err| panic!("click {css}: {err}"));
+        let element = self.find(css).await;
+        let _ = self
+            .client
+            .execute("window.__kvBeforeClick = true; return true;", vec![])
+            .await;
+        element.click().await.unwrap_or_else(|err| panic!("click {css}: {err}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let loaded = self
+                .client
+                .execute(
+                    "return window.__kvBeforeClick === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Replaces what a field holds with `text`, typed as a person would.
