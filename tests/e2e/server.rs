@@ -829,6 +829,15 @@ async fn dump_as_html_escapes_keys_and_values() {
     assert!(folder.contains("&lt;img src=x onerror=alert(1)&gt;"), "{folder}");
     assert!(folder.contains(">script&gt;<"), "the key, below its folder: {folder}");
     assert!(!folder.contains("<script") && !folder.contains("<img"), "{folder}");
+    // A key page's `saved` notice must be a version; a malformed one is refused.
+    let status = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/ui/kv/line?{query}", server.url);
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(status("saved=1").await, 200);
+    assert_eq!(status("saved=-1").await, 400);
+    assert_eq!(status("saved=x").await, 400);
 }
 
 #[tokio::test]

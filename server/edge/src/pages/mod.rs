@@ -256,9 +256,20 @@ impl<B: Backend> Pages<B> {
         if query_has(&request, "action", "delete") {
             return html(StatusCode::OK, render::confirm_delete(&entry));
         }
-        let notice = query_value(&request, "saved")
-            .and_then(|v| v.parse().ok())
-            .map(render::Notice::Saved);
+        // `saved` is only a notice, but a malformed one is still refused:
+        // the contract says it is a version, and a page that silently
+        // ignored it would hide a broken link.
+        let notice = match query_value(&request, "saved").map(|v| v.parse::<u64>()) {
+            None => None,
+            Some(Ok(version)) => Some(render::Notice::Saved(version)),
+            Some(Err(_)) => {
+                return failure_page(&Failure {
+                    status: StatusCode::BAD_REQUEST,
+                    message: "`saved` must be a version number (a whole number of 0 or more)"
+                        .to_owned(),
+                })
+            }
+        };
         html(StatusCode::OK, render::key_page(&entry, notice.as_ref()))
     }
 
