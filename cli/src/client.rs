@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use kv_api::dump::Item;
 use kv_api::expiry::{Expiry, Touch};
+use kv_api::source::Source;
 use kv_api::{ErrorBody, key};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
@@ -67,9 +68,20 @@ impl Client {
 
     /// The value of `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CliError> {
+        Ok(self.get_from(key).await?.map(|(value, _)| value))
+    }
+
+    /// The value of `key` and, when a proxy answered, where it took it from
+    /// (`X-Cache`, `Age`).
+    pub async fn get_from(&self, key: &str) -> Result<Option<(Bytes, Option<Source>)>, CliError> {
         let response = self.send(self.http.get(self.key_url(key)?)).await?;
         match response.status() {
-            StatusCode::OK => Ok(Some(response.bytes().await.map_err(|e| self.unreachable(&e))?)),
+            StatusCode::OK => {
+                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+                let source = Source::from_headers(header("x-cache"), header("age"));
+                let value = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+                Ok(Some((value, source)))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.failure(response).await),
         }

@@ -58,7 +58,13 @@ pub enum Command {
     /// Run kv-server and kv-proxy together in this process, on an embedded store.
     Up(up::UpArgs),
     /// Print a key's value exactly as stored.
-    Get { key: String },
+    Get {
+        key: String,
+        /// Also say, on standard error, where the value came from: `(cached,
+        /// 3 s old)` from a proxy's cache, or `(from server)`.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Store a value: `kv put KEY VALUE`, `kv put KEY -` (stdin) or `kv put KEY --file PATH`.
     Put {
         key: String,
@@ -132,7 +138,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = || Client::new(&cli.url, cli.timeout, cli.cacert.as_deref());
     match cli.command {
         Command::Up(args) => up::run(args).await,
-        Command::Get { key } => get(&client()?, &key).await,
+        Command::Get { key, verbose } => get(&client()?, &key, verbose).await,
         Command::Put {
             key,
             value,
@@ -216,11 +222,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn get(client: &Client, key: &str) -> Result<(), CliError> {
-    let value = client
-        .get(key)
+async fn get(client: &Client, key: &str, verbose: bool) -> Result<(), CliError> {
+    let (value, source) = client
+        .get_from(key)
         .await?
         .ok_or_else(|| CliError::NotFound(format!("no value is stored under the key '{key}'")))?;
+    if verbose {
+        // No X-Cache: no proxy answered, so the server did.
+        eprintln!("{}", source.unwrap_or(kv_api::source::Source::Server));
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&value)?;
     // On a terminal, end the line so the prompt does not stick to the value.

@@ -46,6 +46,12 @@ pub fn app(state: ProxyState, limits: &kv_edge::limits::HttpLimits) -> Router {
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
+    let pages = kv_edge::pages::Pages {
+        backend: crate::pages::ServiceBackend(state.service.clone()),
+        max_value_bytes: state.max_value_bytes,
+        token: state.token.clone(),
+    };
+    let routes = kv_edge::pages::routes(routes, pages);
     let routes = kv_edge::auth::guard(routes, state.token.clone());
     kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }

@@ -805,6 +805,13 @@ fn assert_store_unavailable(status: StatusCode, body: &Json, what: &str) {
         message.contains("restart"),
         "{what}: the message should say to restart: {body}"
     );
+    // The cause is logged, never sent: no OS error text, no engine internals.
+    for internal in ["injected", "EIO", "I/O error", "os error", "failed:"] {
+        assert!(
+            !body.to_string().contains(internal),
+            "{what}: the body carries the internal cause ({internal}): {body}"
+        );
+    }
 }
 
 /// Writes through `client` until the armed fault has fired, checking every

@@ -17,7 +17,7 @@
 //! Command names are case-insensitive. A key or value may be written as a
 //! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
 //! `kv shell` speaks the same commands through this parser, and
-//! [`crate::interpreter`] answers them for both.
+//! the interpreter answers them for both.
 
 use crate::key::{self, KeyError};
 use crate::quote::{self, QuoteError};
@@ -59,6 +59,10 @@ pub enum Command {
     Auth {
         token: String,
     },
+    /// `VERBOSE ON|OFF`: whether GET answers say where the value came from.
+    Verbose {
+        on: bool,
+    },
 }
 
 /// What is wrong with a line, written to be answered as `ERR <this>`.
@@ -92,6 +96,7 @@ pub const HELP: &[&str] = &[
     "HELP                 this list",
     "QUIT                 close the connection",
     "AUTH <token>         authenticate, when the proxy has an access token",
+    "VERBOSE ON|OFF       GET answers say where the value came from: VALUE <value> (cached, 3 s old) or (from server)",
     "Quote keys or values holding spaces or special bytes: PUT \"my key\" \"two\\nlines\" (escapes \\\" \\\\ \\n \\r \\t \\xHH)",
 ];
 
@@ -174,6 +179,11 @@ impl Command {
             b"STATS" => no_args(rest, Self::Stats, "STATS")?,
             b"HELP" => Self::Help,
             b"QUIT" | b"EXIT" => Self::Quit,
+            b"VERBOSE" => match trim_start(rest).to_ascii_uppercase().trim_ascii_end() {
+                b"ON" => Self::Verbose { on: true },
+                b"OFF" => Self::Verbose { on: false },
+                _ => return Err(ParseError::Usage("VERBOSE ON|OFF")),
+            },
             b"AUTH" => {
                 let (token, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage("AUTH <token>"))?;
                 if !trim_start(rest).is_empty() {
@@ -212,6 +222,8 @@ impl Command {
             Self::Help => "HELP".into(),
             Self::Quit => "QUIT".into(),
             Self::Auth { token } => format!("AUTH {}", quote::render_key(token)),
+            Self::Verbose { on: true } => "VERBOSE ON".into(),
+            Self::Verbose { on: false } => "VERBOSE OFF".into(),
         }
     }
 }
@@ -359,6 +371,9 @@ mod tests {
         assert_eq!(parse("PUT age = 18"), put("age", b"18"));
         assert_eq!(parse("put Fname = Sayali"), put("Fname", b"Sayali"));
         assert_eq!(parse("get name"), Command::Get { key: "name".into() });
+        assert_eq!(parse("verbose on"), Command::Verbose { on: true });
+        assert_eq!(parse("VERBOSE OFF "), Command::Verbose { on: false });
+        assert!(Command::parse(b"VERBOSE maybe").is_err());
         assert_eq!(parse("DEL age"), Command::Del { key: "age".into() });
         assert_eq!(parse("dump"), Command::Dump { prefix: None });
         assert_eq!(

@@ -20,9 +20,29 @@ pub struct Entry {
     pub expires_at: Option<u64>,
 }
 
+impl Entry {
+    pub fn new(
+        key: impl Into<String>,
+        value: impl Into<bytes::Bytes>,
+        content_type: impl Into<String>,
+        version: u64,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+            content_type: content_type.into(),
+            version,
+            expires_at: None,
+        }
+    }
+}
+
 /// The default and largest page of a JSON or HTML DUMP.
 pub const DEFAULT_PAGE: usize = 1000;
 pub const MAX_PAGE: usize = 10_000;
+/// A JSON or HTML page stops early, before `limit` items, once it holds this
+/// many bytes (at least one item, whatever its size); its `next` continues it.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// The query of a DUMP, `GET /kv?prefix=&limit=&after=&keys_only=`, parsed
 /// and checked. The proxy forwards the query it rebuilds from this, never
@@ -114,6 +134,24 @@ pub fn content_type_for(value: &[u8]) -> &'static str {
         "text/plain; charset=utf-8"
     } else {
         DEFAULT_CONTENT_TYPE
+    }
+}
+
+/// curl's default Content-Type for `--data`: nobody means it as the type of a value.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// The content type a write is stored with: what the request said, except
+/// that curl's default form type (which `curl --data` sends unasked) is
+/// stored as if no type had been given, as [`content_type_for`] says: text
+/// when the bytes are UTF-8, so a browser shows the value instead of
+/// downloading it. The server decides this once, so a write through the
+/// proxy (which forwards the header) is stored the same way.
+pub fn stored_content_type(requested: String, value: &[u8]) -> String {
+    let media = requested.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(FORM_CONTENT_TYPE) {
+        content_type_for(value).to_owned()
+    } else {
+        requested
     }
 }
 
@@ -255,16 +293,9 @@ pub fn text_line(entry: &Entry, keys_only: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn entry(key: &str, value: &[u8]) -> Entry {
-        Entry {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value),
-            content_type: DEFAULT_CONTENT_TYPE.into(),
-            version: 7,
-            expires_at: None,
-        }
+        Entry::new(key, value.to_vec(), DEFAULT_CONTENT_TYPE, 7)
     }
 
     #[test]
@@ -298,6 +329,25 @@ mod tests {
             Some(Format::Json)
         );
         assert_eq!(Format::negotiate(Some("image/png")), None);
+    }
+
+    #[test]
+    fn curls_form_type_is_stored_as_no_type() {
+        let form = || FORM_CONTENT_TYPE.to_owned();
+        assert_eq!(stored_content_type(form(), b"Derek Moss"), "text/plain; charset=utf-8");
+        assert_eq!(stored_content_type(form(), &[0xff, 0]), DEFAULT_CONTENT_TYPE);
+        assert_eq!(
+            stored_content_type("Application/X-WWW-Form-Urlencoded; charset=utf-8".into(), b"a=b"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            stored_content_type("application/json".into(), b"{}"),
+            "application/json"
+        );
+        assert_eq!(
+            stored_content_type(DEFAULT_CONTENT_TYPE.into(), b"text"),
+            DEFAULT_CONTENT_TYPE
+        );
     }
 
     #[test]

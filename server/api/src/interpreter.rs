@@ -43,6 +43,21 @@ pub trait Backend: Sync {
         quote::can_be_bare(value.as_ref())
     }
 
+    /// Where a value read by `GET` came from, when the front knows.
+    fn source(&self, _value: &Self::Value) -> Option<crate::source::Source> {
+        None
+    }
+
+    /// Whether `GET` answers say where the value came from ([`Backend::source`]).
+    fn verbose(&self) -> bool {
+        false
+    }
+
+    /// `VERBOSE ON|OFF`; `Err` (a message) when the front cannot say.
+    fn set_verbose(&self, _on: bool) -> Result<(), &'static str> {
+        Err("VERBOSE is not available here")
+    }
+
     /// `AUTH`, when the front did not answer it itself.
     fn auth(&self) -> &'static str {
         "ERR AUTH is not needed here"
@@ -66,6 +81,19 @@ pub enum Next {
 pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out: &mut R) -> Result<Next, R::Error> {
     match command {
         Command::Get { key } => match backend.get(&key).await {
+            Ok(Some(value))
+                if backend.verbose()
+                    && let Some(source) = backend.source(&value) =>
+            {
+                // For people: a script that parses VALUE lines leaves VERBOSE off.
+                let note = format!(" {source}");
+                if backend.bare_on_a_line(&value) {
+                    out.line(&[b"VALUE ", value.as_ref(), note.as_bytes()]).await?;
+                } else {
+                    out.line(&[b"VALUE ", quote::quote(value.as_ref()).as_bytes(), note.as_bytes()])
+                        .await?;
+                }
+            }
             Ok(Some(value)) if backend.bare_on_a_line(&value) => out.line(&[b"VALUE ", value.as_ref()]).await?,
             Ok(Some(value)) => out.line(&[b"VALUE ", quote::quote(value.as_ref()).as_bytes()]).await?,
             Ok(None) => out.line(&[b"NOT_FOUND"]).await?,
@@ -117,6 +145,10 @@ pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out:
             return Ok(Next::Close);
         }
         Command::Auth { .. } => out.line(&[backend.auth().as_bytes()]).await?,
+        Command::Verbose { on } => match backend.set_verbose(on) {
+            Ok(()) => out.line(&[b"OK"]).await?,
+            Err(message) => error(out, message).await?,
+        },
     }
     Ok(Next::Continue)
 }

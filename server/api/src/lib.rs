@@ -14,6 +14,7 @@
 //! - [`framing`]: the line protocol's bytes to lines (telnet negotiation, line limits), without I/O.
 //! - [`command`]: the line protocol's commands, parsed from a line.
 //! - [`interpreter`]: what each command answers, over a small backend trait.
+//! - [`source`]: where a value read through the proxy came from (`X-Cache`, `Age`), as terminals say it.
 //! - [`stats`]: the names of the proxy's figures.
 //! - [`routes`]: the route table and the embedded `openapi.yaml`.
 
@@ -27,6 +28,7 @@ pub mod interpreter;
 pub mod key;
 pub mod quote;
 pub mod routes;
+pub mod source;
 pub mod stats;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

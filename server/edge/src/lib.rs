@@ -7,25 +7,29 @@
 //!
 //! # Layout
 //! - [`serve`]: the accept loop (hyper-util, connection cap, TLS handshake) and `bind`.
+//! - [`activity`]: a connection's idle clock and its lingering close.
 //! - [`workers`]: one single-threaded runtime per core, where connections live.
 //! - [`shortcut`]: answering some requests before the router (cache hits, plain GETs).
 //! - [`layer`]: the one layer around every route (metrics, line limits, body deadline, nosniff, panics).
 //! - [`inflight`]: the byte budget of request bodies in flight.
 //! - [`limits`]: the connection and request-head flags and limits.
 //! - [`request`]: what handlers take from a request: the key, a bounded body.
-//! - [`auth`]: the access token and protected mode.
+//! - [`auth`]: the access token (a bearer header, or the pages' login cookie) and protected mode.
+//! - [`pages`]: the pages for people (a key's page, the forms, login), over a [`pages::Backend`].
 //! - [`tls`]: HTTPS for the listeners, and the crypto provider of every client.
 //! - [`client`]: the reqwest client builder the proxy and the CLI share.
 //! - [`metrics`]: Prometheus figures for HTTP.
 //! - [`units`]: `64KiB` and `2s` on the command line.
 //! - [`shutdown`]: Ctrl-C or SIGTERM.
 
+pub mod activity;
 pub mod auth;
 pub mod client;
 pub mod inflight;
 pub mod layer;
 pub mod limits;
 pub mod metrics;
+pub mod pages;
 pub mod request;
 pub mod serve;
 pub mod shortcut;

@@ -113,6 +113,7 @@ pub(super) async fn put_key(
     let precondition = Precondition::parse(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    let content_type = kv_api::dump::stored_content_type(content_type, &value);
     // Counted against --max-inflight-bytes until the writer has dropped it,
     // even if this handler is dropped first (its client went away).
     let value = kv_edge::inflight::hold(&parts.extensions, value);
@@ -196,7 +197,8 @@ pub(super) async fn delete_key(
     }
 }
 
-/// The content type to store: the request's, or `application/octet-stream`.
+/// The content type the request names, or `application/octet-stream`
+/// ([`kv_api::dump::stored_content_type`] then turns a form type into text).
 fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(DEFAULT_CONTENT_TYPE.to_owned());

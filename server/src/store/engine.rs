@@ -32,7 +32,7 @@ use super::record::{self, DATA, DEADLINES, META, REVISION};
 use super::sweep::{self, Sweep};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
-use super::{Scan, Store, StoreError, WriteOp, WriteOutcome};
+use super::{Scan, Scanned, Store, StoreError, WriteOp, WriteOutcome};
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
@@ -117,6 +117,27 @@ pub(super) struct Shared {
 pub(super) enum Job {
     Write(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>),
     Close,
+    /// Tests only: makes the writer thread panic, as a bug in it would.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Lives on the writer thread's stack: if the thread unwinds, the store is
+/// marked failed on the way out, so that `healthy()` and every later write
+/// say so instead of "shutting down".
+struct WriterAlive(Arc<Shared>);
+
+/// What the store reports once its writer thread has died.
+const WRITER_DIED: &str = "the writer thread stopped unexpectedly (a bug; its panic is in the log); \
+                           restart kv-server to recover";
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!("the writer thread panicked; refusing all writes until kv-server is restarted");
+            let _ = self.0.failure.set(WRITER_DIED.to_owned());
+        }
+    }
 }
 
 impl RedbStore {
@@ -251,7 +272,10 @@ impl RedbStore {
             let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
             thread::Builder::new()
                 .name("kv-writer".into())
-                .spawn(move || Writer::new(&db, &shared, wal, &options).run(jobs))
+                .spawn(move || {
+                    let _alive = WriterAlive(shared.clone());
+                    Writer::new(&db, &shared, wal, &options).run(jobs);
+                })
                 .map_err(|e| engine_err(&e))?
         };
         let sweep = Sweep::start(Arc::downgrade(&db), queue.downgrade(), sweep::BATCH).map_err(|e| engine_err(&e))?;
@@ -308,7 +332,7 @@ impl Store for RedbStore {
         Ok((!kv_api::expiry::expired(entry.expires_at, kv_api::expiry::now_ms())).then_some(entry))
     }
 
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let start = match &scan.after {
@@ -318,23 +342,37 @@ impl Store for RedbStore {
         let range = table
             .range::<&str>((start, std::ops::Bound::Unbounded))
             .map_err(unavailable)?;
-        let mut entries = Vec::with_capacity(scan.limit.min(1024));
+        let mut scanned = Scanned {
+            entries: Vec::with_capacity(scan.limit.min(1024)),
+            more: false,
+        };
+        let mut bytes = 0usize;
         let now = kv_api::expiry::now_ms();
         for item in range {
-            if entries.len() >= scan.limit {
-                break;
-            }
             let (key, record) = item.map_err(unavailable)?;
             let key = key.value();
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
             }
-            if record::live_version(record.value(), now).is_none() {
+            if scanned.entries.len() >= scan.limit {
+                scanned.more = true;
+                break;
+            }
+            let record = record.value();
+            if record::live_version(record, now).is_none() {
                 continue;
             }
-            entries.push(record::decode(key.to_owned(), record.value(), scan.keys_only));
+            let size = key.len() + if scan.keys_only { 0 } else { record.len() };
+            if !scanned.entries.is_empty() && bytes.saturating_add(size) > scan.max_bytes {
+                scanned.more = true;
+                break;
+            }
+            bytes += size;
+            scanned
+                .entries
+                .push(record::decode(key.to_owned(), record, scan.keys_only));
         }
-        Ok(entries)
+        Ok(scanned)
     }
 
     fn len(&self) -> Result<u64, StoreError> {
@@ -351,20 +389,40 @@ impl Store for RedbStore {
         if let Some(failure) = self.inner.shared.failure.get() {
             return Err(StoreError::Unavailable(failure.clone()));
         }
+        // The writer thread owns the queue's receiver: closed means it has
+        // exited (closed by `close`, or dropped as the thread died).
+        if self.inner.queue.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the writer thread has stopped; no write can be taken".into(),
+            ));
+        }
         self.read_txn().map(drop)
     }
 
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>> {
-        let queue = self.inner.queue.clone();
+        let (queue, shared) = (self.inner.queue.clone(), self.inner.shared.clone());
         async move {
             let (reply, answer) = oneshot::channel();
-            queue
-                .send(Job::Write(op, reply))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            let gone = || match shared.failure.get() {
+                Some(failure) => StoreError::Unavailable(failure.clone()),
+                None => StoreError::Closed,
+            };
+            queue.send(Job::Write(op, reply)).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+impl RedbStore {
+    /// Makes the writer thread panic, as a bug in it would, and waits for it to end.
+    pub(crate) async fn kill_writer(&self) {
+        let _ = self.inner.queue.send(Job::Panic).await;
+        let writer = self.inner.writer.lock().expect("writer handle lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
     }
 }
 
@@ -517,10 +575,14 @@ mod tests {
         assert!(store.get("short").unwrap().is_none());
         let keys: Vec<String> = store
             .scan(&Scan {
+                prefix: String::new(),
+                after: None,
                 limit: 10,
-                ..Scan::default()
+                max_bytes: usize::MAX,
+                keys_only: false,
             })
             .unwrap()
+            .entries
             .into_iter()
             .map(|e| e.key)
             .collect();
@@ -601,6 +663,32 @@ mod tests {
             precondition: Precondition::default(),
         };
         assert_eq!(store.write(missing).await.unwrap(), WriteOutcome::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_log_cannot_hold_is_refused_and_the_store_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        // calloc'd and never touched: the writer refuses it by its length alone.
+        let huge = WriteOp::Put {
+            key: "huge".into(),
+            value: Bytes::from(vec![0u8; wal::MAX_PAYLOAD]),
+            content_type: String::new(),
+            precondition: Precondition::default(),
+            expiry: Expiry::Clear,
+        };
+        let answer = store.write(huge).await;
+        assert!(matches!(answer, Err(StoreError::TooLarge(_))), "{answer:?}");
+        store.healthy().expect("a refused write does not fail the store");
+        assert_eq!(
+            store.write(put("after", "x")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 1,
+                created: true,
+                expires_at: None
+            }
+        );
+        assert!(store.get("huge").unwrap().is_none());
     }
 
     #[test]

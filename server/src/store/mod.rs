@@ -116,14 +116,27 @@ pub enum WriteOutcome {
 }
 
 /// Which part of the keyspace to list, in key order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Scan {
     pub prefix: String,
     /// Start strictly after this key (a page cursor).
     pub after: Option<String>,
     pub limit: usize,
+    /// A budget in bytes of keys and values: the scan stops before the entry
+    /// that would take it over, so that the engine reads no more than a page
+    /// holds. The first entry is returned whatever its size.
+    pub max_bytes: usize,
     /// Leave values out (they come back empty).
     pub keys_only: bool,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    pub entries: Vec<Entry>,
+    /// Whether an entry of the scan's range comes after the last one (the
+    /// scan stopped at its limit or its byte budget).
+    pub more: bool,
 }
 
 /// Why the store could not do what was asked.
@@ -135,6 +148,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// The write is too large for the write-ahead log to hold in one record
+    /// (so it could not be replayed); it was refused, nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A key-value engine. Reads are synchronous and cheap; writes are durable
@@ -143,8 +160,10 @@ pub trait Store: Send + Sync + 'static {
     /// The key's entry, `None` when there is none or it has expired (even
     /// if the sweep has not removed it yet).
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    /// Live entries only: expired ones are skipped.
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
+    /// Live entries only: expired ones are skipped. Blocks: a scan reads
+    /// up to `scan.max_bytes` from disk, so callers on an async runtime run
+    /// it with `spawn_blocking`.
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError>;
     /// The number of keys stored (expired keys the sweep has not removed yet included).
     fn len(&self) -> Result<u64, StoreError>;
     fn is_empty(&self) -> Result<bool, StoreError> {
@@ -231,13 +250,30 @@ impl StoreError {
     }
 }
 
+/// What a client is told when the store fails: the same words whatever the
+/// cause, which kv-server logs.
+pub const STORE_UNAVAILABLE: &str = "the store failed and refuses writes until kv-server is restarted; see its log";
+
 impl From<StoreError> for kv_api::ApiError {
     fn from(err: StoreError) -> Self {
         use kv_api::{ApiError, ErrorCode};
         match err {
+            // The cause (an OS error, a path, redb's words) goes to the log
+            // only: it means nothing to a client, and tells it about the host.
             StoreError::Unavailable(ref cause) => {
                 tracing::error!(cause = %cause, "store unavailable");
-                ApiError::new(ErrorCode::StoreUnavailable, err.to_string())
+                ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
+            }
+            StoreError::TooLarge(ref cause) => {
+                tracing::warn!(cause = %cause, "a write too large for the write-ahead log was refused");
+                ApiError::new(
+                    ErrorCode::ValueTooLarge,
+                    format!(
+                        "the write is too large for the write-ahead log to hold (values may be at most {} bytes); \
+                         it was not stored",
+                        wal::MAX_VALUE_BYTES
+                    ),
+                )
             }
             StoreError::Closed => ApiError::new(
                 ErrorCode::ShuttingDown,

@@ -58,8 +58,22 @@ const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"kvG1");
 const TAG_BYTES: usize = 16;
 /// magic, payload length, tag.
 const RECORD_HEAD: usize = 4 + 4 + TAG_BYTES;
-/// A group is at most 4096 writes of at most a few MiB each; anything larger is not a record.
-const MAX_PAYLOAD: usize = 1 << 30;
+/// The largest record payload replay reads; anything larger is not a record.
+/// [`Wal::append`] refuses to write one, so that no acknowledged write is in
+/// a record replay would drop.
+pub const MAX_PAYLOAD: usize = 1 << 30;
+/// A change's bytes in a payload besides its key: kind, revision, key length.
+const CHANGE_OVERHEAD: usize = 1 + 8 + 2;
+/// A put's bytes besides those and its content type and value: their lengths.
+const PUT_OVERHEAD: usize = 1 + 4;
+/// A deadline's bytes, in a put that has one.
+const DEADLINE_BYTES: usize = 8;
+/// The largest value one record can hold, whatever its key (at most 1024
+/// bytes) and content type (at most 255): 1023 MiB, a round figure under
+/// [`MAX_PAYLOAD`]. kv-server refuses a `--max-value-bytes` above it.
+pub const MAX_VALUE_BYTES: usize = MAX_PAYLOAD - (1 << 20);
+const _: () =
+    assert!(MAX_VALUE_BYTES + 4 + CHANGE_OVERHEAD + PUT_OVERHEAD + DEADLINE_BYTES + 1024 + 255 <= MAX_PAYLOAD);
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -111,6 +125,48 @@ pub enum WalError {
          file that goes with this log"
     )]
     Gap { first: u64, durable: u64 },
+}
+
+/// Why an append was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The group's record would be larger than replay reads: nothing was
+    /// written, and the log is as it was.
+    #[error("a record of {payload} bytes is larger than the log's limit of {MAX_PAYLOAD} bytes")]
+    TooLarge { payload: usize },
+    /// Writing or syncing failed: the log is unusable (the caller fail-stops).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The most bytes a put takes in a record's payload: with a deadline, which
+/// a put learns only once the group reads the key (`keepttl`).
+pub fn put_bytes(key: &str, content_type: &str, value_len: usize) -> usize {
+    CHANGE_OVERHEAD + PUT_OVERHEAD + DEADLINE_BYTES + key.len() + content_type.len().min(255) + value_len
+}
+
+/// The bytes a delete takes in a record's payload.
+pub fn delete_bytes(key: &str) -> usize {
+    CHANGE_OVERHEAD + key.len()
+}
+
+/// The bytes one change takes in a record's payload.
+fn change_bytes(change: &Change) -> usize {
+    match change {
+        Change::Put {
+            key,
+            content_type,
+            value,
+            expires_at,
+            ..
+        } => put_bytes(key, content_type, value.len()) - if expires_at.is_some() { 0 } else { DEADLINE_BYTES },
+        Change::Delete { key, .. } => delete_bytes(key),
+    }
+}
+
+/// The payload of a record holding `changes`.
+fn payload_bytes(changes: &[Change]) -> usize {
+    4 + changes.iter().map(change_bytes).sum::<usize>()
 }
 
 /// An open log over any storage (a file in production, a simulated disk in
@@ -213,11 +269,19 @@ impl<B: StorageBackend> Wal<B> {
     }
 
     /// Appends one group's changes and syncs: when this returns `Ok`, they
-    /// survive a power loss. An error leaves the log unusable (the caller
-    /// fail-stops): the record may be partly on disk, and a retried sync could
-    /// report success for pages the kernel already dropped.
-    pub fn append(&mut self, changes: &[Change]) -> io::Result<()> {
+    /// survive a power loss. A group whose record would be over
+    /// [`MAX_PAYLOAD`] is refused before anything is written
+    /// ([`AppendError::TooLarge`]): replay would drop it. Any other error
+    /// leaves the log unusable (the caller fail-stops): the record may be
+    /// partly on disk, and a retried sync could report success for pages the
+    /// kernel already dropped.
+    pub fn append(&mut self, changes: &[Change]) -> Result<(), AppendError> {
+        let payload = payload_bytes(changes);
+        if payload > MAX_PAYLOAD {
+            return Err(AppendError::TooLarge { payload });
+        }
         encode(&self.key, changes, &mut self.buf);
+        debug_assert_eq!(self.buf.len(), RECORD_HEAD + payload);
         let end = self.end + self.buf.len() as u64;
         // Beyond the preallocated room (a group larger than the margin):
         // storage grows only by `set_len` (the backend contract redb's file
@@ -599,6 +663,48 @@ mod tests {
             Err(WalError::Gap { first: 5, durable: 3 })
         ));
         assert_eq!(revisions(&reopen(&bytes).replay(4).unwrap()), [5, 6]);
+    }
+
+    #[test]
+    fn an_append_replay_would_drop_is_refused_before_anything_is_written() {
+        let (mut wal, before) = log_with(&[group(1..=2)]);
+        // calloc'd and never touched: the refusal must come before encoding.
+        let huge = |revision, len| Change::Put {
+            key: format!("big/{revision}"),
+            revision,
+            content_type: "application/octet-stream".into(),
+            value: Bytes::from(vec![0u8; len]),
+            expires_at: None,
+        };
+        // One value over the limit, and a group of two that is over it together.
+        let groups = [
+            vec![huge(3, MAX_PAYLOAD)],
+            vec![huge(3, MAX_PAYLOAD / 2), huge(4, MAX_PAYLOAD / 2)],
+        ];
+        for changes in &groups {
+            match wal.append(changes) {
+                Err(AppendError::TooLarge { payload }) => {
+                    eprintln!("append refused: a record of {payload} bytes, limit {MAX_PAYLOAD}");
+                    assert!(payload > MAX_PAYLOAD);
+                }
+                other => panic!("an oversize record must be refused, not {other:?}"),
+            }
+            let mut after = image(&wal.storage);
+            after.truncate(wal.end as usize);
+            assert_eq!(after, before, "nothing was written");
+        }
+        // The largest value a record holds, with the longest key and content
+        // type, is accepted: its size is computed exactly as it is encoded.
+        let largest = vec![Change::Put {
+            key: "k".repeat(1024),
+            revision: 3,
+            content_type: "t".repeat(255),
+            value: Bytes::from(vec![0u8; MAX_VALUE_BYTES]),
+            expires_at: Some(u64::MAX),
+        }];
+        assert!(payload_bytes(&largest) <= MAX_PAYLOAD);
+        wal.append(&group(3..=3)).unwrap();
+        assert_eq!(revisions(&reopen(&image(&wal.storage)).replay(0).unwrap()), [1, 2, 3]);
     }
 
     #[test]
