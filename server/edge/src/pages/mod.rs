@@ -208,11 +208,6 @@ fn key_in(path: &str, route_prefix: &str) -> Result<String, Failure> {
     })
 }
 
-fn query_has(request: &Request, name: &str, value: &str) -> bool {
-    let wanted = format!("{name}={value}");
-    request.uri().query().is_some_and(|q| q.split('&').any(|p| p == wanted))
-}
-
 fn query_value(request: &Request, name: &str) -> Option<String> {
     let query = request.uri().query()?;
     serde_urlencoded::from_str::<Vec<(String, String)>>(query)
@@ -253,8 +248,15 @@ impl<B: Backend> Pages<B> {
             Ok(None) => return html(StatusCode::NOT_FOUND, render::not_found(&key)),
             Err(failure) => return failure_page(&failure),
         };
-        if query_has(&request, "action", "delete") {
-            return html(StatusCode::OK, render::confirm_delete(&entry));
+        match query_value(&request, "action").as_deref() {
+            None => {}
+            Some("delete") => return html(StatusCode::OK, render::confirm_delete(&entry)),
+            Some(_) => {
+                return failure_page(&Failure {
+                    status: StatusCode::BAD_REQUEST,
+                    message: "the only `action` a key's page shows is `delete`".to_owned(),
+                });
+            }
         }
         // `saved` is only a notice, but a malformed one is still refused:
         // the contract says it is a version, and a page that silently
