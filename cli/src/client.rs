@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use kv_api::dump::Item;
+use kv_api::expiry::{Expiry, Touch};
+use kv_api::source::Source;
 use kv_api::{ErrorBody, key};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
@@ -66,9 +68,20 @@ impl Client {
 
     /// The value of `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CliError> {
+        Ok(self.get_from(key).await?.map(|(value, _)| value))
+    }
+
+    /// The value of `key` and, when a proxy answered, where it took it from
+    /// (`X-Cache`, `Age`).
+    pub async fn get_from(&self, key: &str) -> Result<Option<(Bytes, Option<Source>)>, CliError> {
         let response = self.send(self.http.get(self.key_url(key)?)).await?;
         match response.status() {
-            StatusCode::OK => Ok(Some(response.bytes().await.map_err(|e| self.unreachable(&e))?)),
+            StatusCode::OK => {
+                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+                let source = Source::from_headers(header("x-cache"), header("age"));
+                let value = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+                Ok(Some((value, source)))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.failure(response).await),
         }
@@ -82,9 +95,26 @@ impl Client {
         content_type: &str,
         precondition: Precondition,
     ) -> Result<u64, CliError> {
+        self.put_with(key, value, content_type, precondition, Expiry::Clear)
+            .await
+    }
+
+    /// Stores `value` with a deadline (or none, or the current one kept).
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: Bytes,
+        content_type: &str,
+        precondition: Precondition,
+        expiry: Expiry,
+    ) -> Result<u64, CliError> {
+        let mut url = self.key_url(key)?;
+        if let Some(query) = expiry.query() {
+            url = format!("{url}?{query}");
+        }
         let mut request = self
             .http
-            .put(self.key_url(key)?)
+            .put(url)
             .header(header::CONTENT_TYPE, content_type)
             // Stated even for an empty value, which hyper would otherwise send
             // with no length at all (and HTTP/1 servers answer 411).
@@ -105,6 +135,28 @@ impl Client {
             .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
             .unwrap_or(0);
         Ok(version)
+    }
+
+    /// The time `key` has left: `None` when there is no such key,
+    /// `Some(None)` when it has no deadline.
+    pub async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, CliError> {
+        let response = self.send(self.http.head(self.key_url(key)?)).await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(kv_api::expiry::parse_expires_in(response.headers()))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.failure(response).await),
+        }
+    }
+
+    /// Gives `key` a new deadline, or none (`PATCH`); `false` when there was no such key.
+    pub async fn touch(&self, key: &str, touch: Touch) -> Result<bool, CliError> {
+        let url = format!("{}?{}", self.key_url(key)?, touch.query());
+        let response = self.send(self.http.patch(url)).await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.failure(response).await),
+        }
     }
 
     /// Deletes `key`; `false` when there was no such key.

@@ -61,7 +61,13 @@ pub enum Command {
     /// Run kv-server and kv-proxy together in this process, on an embedded store.
     Up(up::UpArgs),
     /// Print a key's value exactly as stored.
-    Get { key: String },
+    Get {
+        key: String,
+        /// Also say, on standard error, where the value came from: `(cached,
+        /// 3 s old)` from a proxy's cache, or `(from server)`.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Store a value: `kv put KEY VALUE`, `kv put KEY -` (stdin) or `kv put KEY --file PATH`.
     Put {
         key: String,
@@ -80,7 +86,24 @@ pub enum Command {
         /// Write only if the key does not exist yet.
         #[arg(long)]
         if_absent: bool,
+        /// Expire the key this long after the write: 1500ms, 30s, 2m, 1h (a bare number is seconds).
+        #[arg(long, value_parser = kv_api::expiry::parse_ttl, conflicts_with = "keepttl")]
+        ttl: Option<Duration>,
+        /// Keep the key's current deadline (without --ttl or this, a put clears it).
+        #[arg(long)]
+        keepttl: bool,
     },
+    /// Print the seconds a key has left (ms precision), or -1 when it has no deadline.
+    Ttl { key: String },
+    /// Give a key a deadline: `kv expire KEY 30s`.
+    Expire {
+        key: String,
+        /// 1500ms, 30s, 2m, 1h; a bare number is seconds.
+        #[arg(value_parser = kv_api::expiry::parse_ttl)]
+        ttl: Duration,
+    },
+    /// Remove a key's deadline.
+    Persist { key: String },
     /// Delete a key.
     #[command(alias = "delete")]
     Del { key: String },
@@ -100,7 +123,7 @@ pub enum Command {
     Stats,
     /// Print changes as they happen: `12 PUT name Derek Moss`, `13 DELETE name`.
     Watch(watch::WatchArgs),
-    /// An interactive prompt: PUT, GET, DEL, DUMP, STATS, HELP, QUIT.
+    /// An interactive prompt: PUT, GET, DEL, DUMP, SETEX, EXPIRE, PERSIST, TTL, STATS, HELP, QUIT.
     Shell,
     /// Write every pair (or those under --prefix) to stdout as NDJSON.
     Export {
@@ -123,7 +146,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = || Client::new(&cli.url, cli.timeout, cli.cacert.as_deref());
     match cli.command {
         Command::Up(args) => up::run(args).await,
-        Command::Get { key } => get(&client()?, &key).await,
+        Command::Get { key, verbose } => get(&client()?, &key, verbose).await,
         Command::Put {
             key,
             value,
@@ -131,6 +154,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             content_type,
             if_version,
             if_absent,
+            ttl,
+            keepttl,
         } => {
             let value = read_value(value.as_deref(), file.as_deref())?;
             let content_type = content_type.unwrap_or_else(|| kv_api::dump::content_type_for(&value).to_owned());
@@ -139,12 +164,32 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 (None, true) => client::Precondition::Absent,
                 (None, false) => client::Precondition::None,
             };
-            let version = client()?.put(&key, value, &content_type, precondition).await?;
+            let expiry = match (ttl, keepttl) {
+                (Some(ttl), _) => kv_api::expiry::Expiry::After(ttl),
+                (None, true) => kv_api::expiry::Expiry::Keep,
+                (None, false) => kv_api::expiry::Expiry::Clear,
+            };
+            let version = client()?
+                .put_with(&key, value, &content_type, precondition, expiry)
+                .await?;
             if std::io::stdout().is_terminal() {
                 println!("OK (version {version})");
             }
             Ok(())
         }
+        Command::Ttl { key } => match client()?.ttl(&key).await? {
+            Some(Some(left)) => {
+                println!("{}", kv_api::expiry::format_expires_in(left));
+                Ok(())
+            }
+            Some(None) => {
+                println!("-1");
+                Ok(())
+            }
+            None => Err(CliError::NotFound(format!("no value is stored under the key '{key}'"))),
+        },
+        Command::Expire { key, ttl } => touch(&client()?, &key, kv_api::expiry::Touch::After(ttl)).await,
+        Command::Persist { key } => touch(&client()?, &key, kv_api::expiry::Touch::Persist).await,
         Command::Del { key } => {
             if client()?.delete(&key).await? {
                 Ok(())
@@ -187,11 +232,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn get(client: &Client, key: &str) -> Result<(), CliError> {
-    let value = client
-        .get(key)
+async fn get(client: &Client, key: &str, verbose: bool) -> Result<(), CliError> {
+    let (value, source) = client
+        .get_from(key)
         .await?
         .ok_or_else(|| CliError::NotFound(format!("no value is stored under the key '{key}'")))?;
+    if verbose {
+        // No X-Cache: no proxy answered, so the server did.
+        eprintln!("{}", source.unwrap_or(kv_api::source::Source::Server));
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&value)?;
     // On a terminal, end the line so the prompt does not stick to the value.
@@ -200,6 +249,14 @@ async fn get(client: &Client, key: &str) -> Result<(), CliError> {
     }
     stdout.flush()?;
     Ok(())
+}
+
+async fn touch(client: &Client, key: &str, touch: kv_api::expiry::Touch) -> Result<(), CliError> {
+    if client.touch(key, touch).await? {
+        Ok(())
+    } else {
+        Err(CliError::NotFound(format!("no value is stored under the key '{key}'")))
+    }
 }
 
 fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Bytes, CliError> {

@@ -3,13 +3,14 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_api::dump::{DEFAULT_CONTENT_TYPE, Item};
+use kv_api::expiry::Expiry;
 use kv_api::quote;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -135,6 +136,8 @@ pub async fn import(client: &Client, args: &ImportArgs) -> Result<(), CliError> 
     let mut line_number = 0u64;
     let mut imported = 0u64;
     let mut skipped: Vec<(u64, String)> = Vec::new();
+    // Lines whose deadline had passed: not stored, counted.
+    let mut expired = 0u64;
     let mut failure: Option<CliError> = None;
 
     while failure.is_none() {
@@ -150,10 +153,22 @@ pub async fn import(client: &Client, args: &ImportArgs) -> Result<(), CliError> 
             continue;
         }
         match parse_line(&line) {
-            Ok((key, value, content_type)) => {
+            Ok((key, value, content_type, expires_at)) => {
+                // The deadline restored as it was: the time left from now, to the ms.
+                let now = kv_api::expiry::now_ms();
+                let expiry = match expires_at {
+                    Some(at) if at <= now => {
+                        expired += 1;
+                        continue;
+                    }
+                    Some(at) => Expiry::After(Duration::from_millis(at - now)),
+                    None => Expiry::Clear,
+                };
                 let client = client.clone();
                 in_flight.push(async move {
-                    let result = client.put(&key, value, &content_type, Precondition::None).await;
+                    let result = client
+                        .put_with(&key, value, &content_type, Precondition::None, expiry)
+                        .await;
                     (line_number, result)
                 });
             }
@@ -177,6 +192,12 @@ pub async fn import(client: &Client, args: &ImportArgs) -> Result<(), CliError> 
         if imported == 1 { "pair" } else { "pairs" },
         imported as f64 / seconds.max(1e-9)
     );
+    if expired > 0 {
+        eprintln!(
+            "skipped {expired} expired {} (their expires_at had passed)",
+            if expired == 1 { "pair" } else { "pairs" }
+        );
+    }
     if !skipped.is_empty() {
         eprintln!(
             "skipped {} malformed {}:",
@@ -210,13 +231,15 @@ fn settle(result: (u64, Result<u64, CliError>), imported: &mut u64, failure: &mu
     }
 }
 
-/// One import line: an item with a key and a value (or value_base64).
-fn parse_line(line: &[u8]) -> Result<(String, Bytes, String), String> {
+/// One import line: an item with a key and a value (or value_base64), and
+/// its deadline (unix ms) if it has one.
+fn parse_line(line: &[u8]) -> Result<(String, Bytes, String, Option<u64>), String> {
     let item: Item = serde_json::from_slice(line).map_err(|err| format!("not a JSON item ({err})"))?;
     kv_api::key::validate(&item.key).map_err(|err| format!("bad key: {err}"))?;
     let value = item.value_bytes()?;
+    let expires_at = item.expires_at_ms()?;
     let content_type = item.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
-    Ok((item.key, Bytes::from(value), content_type))
+    Ok((item.key, Bytes::from(value), content_type, expires_at))
 }
 
 fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
@@ -241,12 +264,16 @@ mod tests {
 
     #[test]
     fn import_lines() {
-        let (key, value, content_type) = parse_line(br#"{"key":"k","value":"v"}"#).unwrap();
+        let (key, value, content_type, expires_at) = parse_line(br#"{"key":"k","value":"v"}"#).unwrap();
         assert_eq!(
-            (key.as_str(), &value[..], content_type.as_str()),
-            ("k", &b"v"[..], DEFAULT_CONTENT_TYPE)
+            (key.as_str(), &value[..], content_type.as_str(), expires_at),
+            ("k", &b"v"[..], DEFAULT_CONTENT_TYPE, None)
         );
-        let (_, value, _) = parse_line(br#"{"key":"k","value_base64":"/wA="}"#).unwrap();
+        let (.., expires_at) =
+            parse_line(br#"{"key":"k","value":"v","expires_at":"2023-11-14T22:13:21.532Z"}"#).unwrap();
+        assert_eq!(expires_at, Some(1_700_000_001_532));
+        assert!(parse_line(br#"{"key":"k","value":"v","expires_at":"soon"}"#).is_err());
+        let (_, value, ..) = parse_line(br#"{"key":"k","value_base64":"/wA="}"#).unwrap();
         assert_eq!(&value[..], &[0xff, 0]);
         assert!(parse_line(b"{not json").unwrap_err().starts_with("not a JSON item"));
         assert!(parse_line(br#"{"key":"k"}"#).unwrap_err().contains("needs"));

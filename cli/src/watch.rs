@@ -140,9 +140,12 @@ mod tests {
 
     #[test]
     fn changes_print_as_telnet_quotes_them() {
-        let put = Event::put(12, "name", b"Derek Moss", "text/plain", true);
+        let put = Event::put(12, "name", b"Derek Moss", "text/plain", None, true);
         assert_eq!(change_line(&put).unwrap(), "12 PUT name Derek Moss");
-        assert_eq!(change_line(&Event::delete(13, "name")).unwrap(), "13 DELETE name");
+        assert_eq!(
+            change_line(&Event::delete(13, "name", false)).unwrap(),
+            "13 DELETE name"
+        );
         assert_eq!(change_line(&Event::progress(14)), None);
     }
 }

@@ -17,6 +17,11 @@
 //! a write that bypasses the proxy after that moment shows within the TTL of
 //! the write, however long the upstream took to answer.
 //!
+//! A key with a deadline (the server's `X-Kv-Expires-In`) is fresh only
+//! until that deadline, counted from when the read began, to the millisecond:
+//! an entry lives min(`--cache-ttl`, the key's time left), and is never
+//! served, not even as STALE, past the key's deadline.
+//!
 //! Entries also carry the generation of the upstream's store identity they
 //! were read from ([`StoreIdentity`]): one from an older store is never fresh.
 
@@ -44,6 +49,11 @@ pub struct Cached {
     pub stored_at: Instant,
     /// The generation of the upstream's store identity it was read from.
     pub generation: u64,
+    /// When the key expires: the read's start plus the time left the server
+    /// gave (which it counted later, so this is never past the real deadline).
+    pub deadline: Option<Instant>,
+    /// The server's `Expires` (an HTTP date), passed on as it came.
+    pub expires: Option<HeaderValue>,
     /// Whether the value goes on a telnet line as it is; decided at the first
     /// telnet GET, since scanning it on every hit was a tenth of the work.
     bare: std::sync::OnceLock<bool>,
@@ -59,8 +69,27 @@ impl Cached {
             version,
             stored_at: read_at,
             generation,
+            deadline: None,
+            expires: None,
             bare: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The key's deadline: `expires_in` after the read began.
+    pub fn with_expiry(mut self, expires_in: Option<Duration>, expires: Option<HeaderValue>) -> Self {
+        self.deadline = expires_in.map(|left| self.stored_at + left);
+        self.expires = expires;
+        self
+    }
+
+    /// Time the key has left now; `None` when it has no deadline.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the key's deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|at| at <= Instant::now())
     }
 
     /// Whether the line protocol shows the value bare (else quoted, see
@@ -195,7 +224,7 @@ impl Cache {
         self.entries
             .get(key)
             .await
-            .filter(|entry| entry.generation == self.identity.generation())
+            .filter(|entry| entry.generation == self.identity.generation() && !entry.expired())
     }
 
     /// Fills `key` on a miss. `fetch` runs under the key's lock, so concurrent
@@ -311,7 +340,9 @@ impl Cache {
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {
-        entry.stored_at.elapsed() < self.config.ttl && entry.generation == self.identity.generation()
+        entry.stored_at.elapsed() < self.config.ttl
+            && entry.generation == self.identity.generation()
+            && !entry.expired()
     }
 }
 
@@ -432,6 +463,18 @@ mod tests {
         assert!(cache.fresh("k").await.is_none(), "older than the TTL");
         assert_eq!(fill(&cache, "p", Fill::Pass(value("v", 1))).await, Some(1), "answered");
         assert!(cache.fresh("p").await.is_none(), "but not cached");
+    }
+
+    #[tokio::test]
+    async fn an_entry_lives_no_longer_than_its_key() {
+        let (cache, _) = cache(Duration::from_secs(60));
+        let expiring = value("v", 1).with_expiry(Some(Duration::from_millis(50)), None);
+        fill(&cache, "k", Fill::Keep(expiring)).await;
+        let hit = cache.fresh("k").await.expect("fresh before the deadline");
+        assert!(hit.time_left().unwrap() <= Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(51)).await;
+        assert!(cache.fresh("k").await.is_none(), "past the key's deadline");
+        assert!(cache.stale("k").await.is_none(), "not even as stale");
     }
 
     #[tokio::test]

@@ -355,8 +355,15 @@ async fn follow(coherence: &Coherence, cache: &Cache, upstream: &Upstream, since
     }
 }
 
-/// The cache entry a put event carries, if it carries its value.
+/// The cache entry a put event carries, if it carries its value. A key with
+/// a deadline is not filled from its event: the event says when it expires
+/// by the server's clock, and the cache counts deadlines only from a time
+/// left the server reported on a read (so clock skew cannot stretch them);
+/// the entry is dropped, and the next read fills it.
 fn event_value(event: &Event, rev: u64, generation: u64) -> Option<Cached> {
+    if event.expires_at.is_some() {
+        return None;
+    }
     let value = event.value_bytes()?;
     let content_type = event
         .content_type

@@ -35,11 +35,23 @@ pub struct ProxyState {
 pub fn app(state: ProxyState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
         .route(routes::DUMP, get(dump))
-        .route(routes::EMPTY_KEY, get(get_key).put(put_key).delete(delete_key))
-        .route(routes::KEY, get(get_key).put(put_key).delete(delete_key))
+        .route(
+            routes::EMPTY_KEY,
+            get(get_key).put(put_key).patch(patch_key).delete(delete_key),
+        )
+        .route(
+            routes::KEY,
+            get(get_key).put(put_key).patch(patch_key).delete(delete_key),
+        )
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics_page))
         .route(routes::OPENAPI, get(openapi));
+    let pages = kv_edge::pages::Pages {
+        backend: crate::pages::ServiceBackend(state.service.clone()),
+        max_value_bytes: state.max_value_bytes,
+        token: state.token.clone(),
+    };
+    let routes = kv_edge::pages::routes(routes, pages);
     let routes = kv_edge::auth::guard(routes, state.token.clone());
     kv_edge::layer::common_layers(routes, state.metrics.clone(), limits).with_state(Arc::new(state))
 }
@@ -119,6 +131,17 @@ fn lookup_response(key: &str, lookup: &Lookup, if_none_match: &Condition) -> Res
         HeaderValue::from_static(kv_api::dump::VALUE_CSP),
     );
     headers.insert(X_CACHE.clone(), x_cache);
+    // The time left as it is now, not as it was when the value was cached.
+    if let Some(left) = value.time_left() {
+        let expires_in = kv_api::expiry::format_expires_in(left);
+        headers.insert(
+            kv_api::expiry::X_KV_EXPIRES_IN.clone(),
+            HeaderValue::from_str(&expires_in).expect("digits and a dot"),
+        );
+        if let Some(expires) = &value.expires {
+            headers.insert(header::EXPIRES, expires.clone());
+        }
+    }
     if lookup.shows_age {
         headers.insert(header::AGE, HeaderValue::from(lookup.age().as_secs()));
     }
@@ -131,8 +154,32 @@ async fn put_key(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
+    let expiry = kv_api::expiry::parse_put_query(parts.uri.query())?;
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
-    let passed = state.service.write(Method::PUT, &key, &parts.headers, value).await?;
+    let passed = state
+        .service
+        .write(Method::PUT, &key, expiry.query(), &parts.headers, value)
+        .await?;
+    Ok(relayed_response(passed))
+}
+
+/// A new deadline for a key: forwarded with the query rebuilt from what was parsed.
+async fn patch_key(
+    State(state): State<Arc<ProxyState>>,
+    Key(key): Key,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    let touch = kv_api::expiry::parse_patch_query(request.uri().query())?;
+    let passed = state
+        .service
+        .write(
+            Method::PATCH,
+            &key,
+            Some(touch.query()),
+            request.headers(),
+            bytes::Bytes::new(),
+        )
+        .await?;
     Ok(relayed_response(passed))
 }
 
@@ -143,7 +190,7 @@ async fn delete_key(
 ) -> Result<Response, ProxyError> {
     let passed = state
         .service
-        .write(Method::DELETE, &key, &headers, bytes::Bytes::new())
+        .write(Method::DELETE, &key, None, &headers, bytes::Bytes::new())
         .await?;
     Ok(relayed_response(passed))
 }

@@ -7,12 +7,14 @@
 //! - [`coherence`]: the change feed from the upstream, applied to the cache; whether the cache may answer.
 //! - [`service`]: the operations (read-through GET, write-then-invalidate) both fronts share.
 //! - [`http`]: the HTTP front, the same API as kv-server plus `X-Cache` and `Age`.
+//! - [`pages`]: what the pages for people read and write through (the cache, and invalidating writes).
 //! - [`telnet`]: the line protocol: framing, commands, sessions.
 
 pub mod cache;
 pub mod coherence;
 pub mod config;
 pub mod http;
+pub mod pages;
 pub mod service;
 pub mod telnet;
 pub mod upstream;

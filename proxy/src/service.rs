@@ -30,6 +30,11 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// The key's time left now, for `X-Kv-Expires-In` (and `TTL`).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.value.as_ref().and_then(|v| v.time_left())
+    }
+
     /// Seconds since the value was fetched, for the `Age` header.
     pub fn age(&self) -> Duration {
         self.value.as_ref().map_or(Duration::ZERO, |v| v.stored_at.elapsed())
@@ -156,7 +161,8 @@ impl Service {
                 let result = match read {
                     Ok(Fetch::Found(f)) => {
                         let generation = generation.min(f.generation);
-                        let value = Cached::new(f.value, f.content_type, f.version, began, generation);
+                        let value = Cached::new(f.value, f.content_type, f.version, began, generation)
+                            .with_expiry(f.expires_in, f.expires);
                         // Decided under the key's lock, after the read: a write with
                         // an unknown outcome either marked the key already, or its
                         // invalidation is queued behind this fill and drops what it put.
@@ -265,11 +271,13 @@ impl Service {
         &self,
         method: Method,
         key: &str,
+        query: Option<String>,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Relayed, UpstreamError> {
         let (this, key, headers) = (self.clone(), key.to_owned(), headers.clone());
-        let task = tokio::spawn(async move { this.write_through(method, &key, &headers, body).await });
+        let task =
+            tokio::spawn(async move { this.write_through(method, &key, query.as_deref(), &headers, body).await });
         match task.await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
@@ -284,11 +292,13 @@ impl Service {
         &self,
         method: Method,
         key: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Relayed, UpstreamError> {
-        let is_delete = method == Method::DELETE;
-        let result = self.upstream.write(method, key, headers, body).await;
+        // A 404 to a DELETE or a PATCH says the key is gone.
+        let is_delete = method != Method::PUT;
+        let result = self.upstream.write(method, key, query, headers, body).await;
         let answer = result.as_ref().ok().map(|relayed| (relayed.status, relayed.revision()));
         let invalidation = match after_write(answer, is_delete) {
             AfterWrite::Nothing => None,

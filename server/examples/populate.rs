@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 value: value.clone(),
                 content_type: "application/octet-stream".into(),
                 precondition: Precondition::default(),
+                expiry: kv_api::expiry::Expiry::Clear,
             })
         });
         for result in futures_util::future::join_all(writes).await {

@@ -47,6 +47,17 @@ pub struct Server {
 impl Server {
     /// Checks the configuration and opens the store in `config.data_dir`.
     pub fn open(config: Config) -> Result<Self, StartError> {
+        const _: () = assert!(store::wal::MAX_VALUE_BYTES == 1023 << 20, "the message says 1023MiB");
+        // A value the log cannot hold in one record would be acknowledged,
+        // then dropped by recovery: refuse the limit that would allow it.
+        if config.max_value_bytes > store::wal::MAX_VALUE_BYTES as u64 {
+            return Err(StartError::Config(format!(
+                "--max-value-bytes {} is more than the write-ahead log can hold in one record; \
+                 the largest allowed is 1023MiB ({} bytes)",
+                config.max_value_bytes,
+                store::wal::MAX_VALUE_BYTES
+            )));
+        }
         let token = config.auth.load().map_err(StartError::Config)?;
         config
             .auth

@@ -122,6 +122,7 @@ fn put(key: &str, value: Bytes) -> WriteOp {
         value,
         content_type: "application/octet-stream".into(),
         precondition: Precondition::default(),
+        expiry: kv_api::expiry::Expiry::Clear,
     }
 }
 
@@ -451,7 +452,7 @@ async fn live_until_power_loss(
         let mut failed = false;
         for (key, value, answer) in write_all(store, batch).await {
             match answer {
-                Ok(WriteOutcome::Stored { revision, created }) => {
+                Ok(WriteOutcome::Stored { revision, created, .. }) => {
                     assert!(created, "{key} is a fresh key, yet was not created");
                     assert!(
                         revision > floor && revisions.insert(revision),
@@ -804,6 +805,13 @@ fn assert_store_unavailable(status: StatusCode, body: &Json, what: &str) {
         message.contains("restart"),
         "{what}: the message should say to restart: {body}"
     );
+    // The cause is logged, never sent: no OS error text, no engine internals.
+    for internal in ["injected", "EIO", "I/O error", "os error", "failed:"] {
+        assert!(
+            !body.to_string().contains(internal),
+            "{what}: the body carries the internal cause ({internal}): {body}"
+        );
+    }
 }
 
 /// Writes through `client` until the armed fault has fired, checking every

@@ -106,7 +106,8 @@ run_target() {
   # Run from the scratch directory so nothing (reports, caches) lands in the
   # repository. --max-examples bounds each phase per operation; the request
   # timeout is far below the programs' own 60 s, so a hang is a failure.
-  (cd "$work" && "$st" --config-file "$root/tests/contract/schemathesis.toml" run "$root/openapi.yaml" \
+  (cd "$work" && PYTHONPATH="$root/tests/contract" SCHEMATHESIS_HOOKS=hooks \
+    "$st" --config-file "$root/tests/contract/schemathesis.toml" run "$root/openapi.yaml" \
     --url "http://127.0.0.1:$port" \
     --checks "$CHECKS" \
     --max-examples "$ST_MAX_EXAMPLES" \

@@ -1123,3 +1123,35 @@ fn bench_measures_http_and_the_line_protocol() {
     let run = kv(&proxy.url, &["bench", "--line", &nowhere, "-d", "1s"]);
     assert_eq!(run.code, Some(3));
 }
+
+#[test]
+fn get_v_says_on_stderr_where_the_value_came_from() {
+    let server = Server::start();
+    let proxy = Proxy::start(&server.url, &["--cache-ttl", "60s"]);
+    kv(&proxy.url, &["put", "name", "Derek Moss"]).ok();
+    let miss = kv(&proxy.url, &["get", "-v", "name"]);
+    assert_eq!(miss.ok(), b"Derek Moss", "piped: the bytes exactly, no newline added");
+    assert_eq!(miss.stderr, "(from server)\n");
+    let hit = kv(&proxy.url, &["get", "--verbose", "name"]);
+    assert_eq!(hit.ok(), b"Derek Moss");
+    assert!(
+        hit.stderr.starts_with("(cached, ") && hit.stderr.ends_with(" s old)\n"),
+        "{}",
+        hit.stderr
+    );
+    let direct = kv(&server.url, &["get", "-v", "name"]);
+    assert_eq!(direct.stderr, "(from server)\n");
+    assert_eq!(kv(&proxy.url, &["get", "name"]).stderr, "", "quiet without -v");
+
+    // The shell: plain when piped, unless told VERBOSE ON (at a prompt it starts on).
+    kv(&proxy.url, &["put", "city", "Pune"]).ok();
+    let shell = kv_stdin(&proxy.url, &["shell"], b"GET city\nVERBOSE ON\nGET city\nGET name\n");
+    let out = String::from_utf8(shell.ok().to_vec()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["VALUE Pune", "OK"], "{out}");
+    assert!(lines[2].starts_with("VALUE Pune (cached, "), "{out}");
+    assert!(
+        lines[3].starts_with("VALUE \"Derek Moss\" (cached, ") || lines[3].starts_with("VALUE Derek Moss (cached, "),
+        "{out}"
+    );
+}

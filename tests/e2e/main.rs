@@ -2,11 +2,14 @@
 //! HTTP, telnet and the command line as users do. One test binary, one
 //! module per area (ripgrep's layout).
 
+mod browser;
 mod cli;
 mod consistency;
+mod expiry;
 mod feed;
 mod hardening_edge;
 mod hardening_proxy;
+mod hardening_server;
 mod proxy;
 mod robustness;
 mod security;

@@ -17,7 +17,7 @@ fn revision(response: &Response) -> u64 {
         .expect("X-Kv-Revision is a number")
 }
 
-async fn json(response: Response) -> Value {
+pub(crate) async fn json(response: Response) -> Value {
     let body = response.bytes().await.expect("body");
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
 }
@@ -773,13 +773,21 @@ async fn dump_as_html_escapes_keys_and_values() {
         .text()
         .await
         .unwrap();
-    assert!(!all.contains("<script") && !all.contains("</textarea>"), "{all}");
+    // The page's own textarea (the form that creates a key) closes once; a
+    // value's `</textarea>` never does.
+    assert!(
+        !all.contains("<script") && all.matches("</textarea>").count() == 1,
+        "{all}"
+    );
     assert!(
         all.contains("&lt;/textarea&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
         "{all}"
     );
-    assert!(!all.contains("href=\"javascript:"), "a key must link under /kv/: {all}");
-    assert!(all.contains("href=\"/kv/javascript%3Aalert%281%29\""), "{all}");
+    assert!(
+        !all.contains("href=\"javascript:"),
+        "a key must link to its page: {all}"
+    );
+    assert!(all.contains("href=\"/ui/kv/javascript%3Aalert%281%29\""), "{all}");
     assert!(all.contains("a&#x2028;b") && !all.contains('\u{2028}'), "{all}");
     let response = http
         .get(format!("{}/kv?limit=1", server.url))
@@ -805,10 +813,33 @@ async fn dump_as_html_escapes_keys_and_values() {
         "nosniff"
     );
     let page = response.text().await.unwrap();
-    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
-    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+    // The key holds a `/`: the listing shows its folder, escaped.
+    assert!(page.contains("📁 &lt;script&gt;alert(1)&lt;/<"), "{page}");
     assert!(!page.contains("<script") && !page.contains("<img"), "{page}");
     assert!(page.contains("rel=\"next\""), "a next-page link with limit=1: {page}");
+    let folder = http
+        .get(format!("{}/kv?prefix=%3Cscript%3Ealert(1)%3C%2F", server.url))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(folder.contains("&lt;img src=x onerror=alert(1)&gt;"), "{folder}");
+    assert!(folder.contains(">script&gt;<"), "the key, below its folder: {folder}");
+    assert!(!folder.contains("<script") && !folder.contains("<img"), "{folder}");
+    // A key page's `saved` notice must be a version; a malformed one is refused.
+    let status = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/ui/kv/line?{query}", server.url);
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(status("saved=1").await, 200);
+    assert_eq!(status("saved=-1").await, 400);
+    assert_eq!(status("saved=x").await, 400);
+    assert_eq!(status("action=delete").await, 200);
+    assert_eq!(status("action=AAA").await, 400);
 }
 
 #[tokio::test]

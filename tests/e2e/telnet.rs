@@ -589,3 +589,28 @@ async fn the_real_nc_program_can_drive_a_session() {
         "OK\nVALUE hello from nc\nNOT_FOUND\nnc/key hello from nc\nEND 1\nBYE\n"
     );
 }
+
+#[tokio::test]
+async fn verbose_on_says_where_each_value_came_from() {
+    let (_server, proxy) = server_and_proxy(&["--cache-ttl", "60s"]);
+    let mut telnet = Telnet::connect(proxy.telnet).await;
+    assert_eq!(telnet.ask("PUT name Derek Moss").await, "OK");
+    assert_eq!(telnet.ask("GET name").await, "VALUE Derek Moss", "plain by default");
+    assert_eq!(telnet.ask("VERBOSE ON").await, "OK");
+    assert_eq!(telnet.ask("PUT name Derek").await, "OK");
+    assert_eq!(telnet.ask("GET name").await, "VALUE Derek (from server)");
+    let hit = telnet.ask("GET name").await;
+    assert!(
+        hit.starts_with("VALUE Derek (cached, ") && hit.ends_with(" s old)"),
+        "{hit}"
+    );
+    assert_eq!(telnet.ask("verbose off").await, "OK");
+    assert_eq!(telnet.ask("GET name").await, "VALUE Derek");
+    assert_eq!(telnet.ask("VERBOSE maybe").await, "ERR usage: VERBOSE ON|OFF");
+    let mut other = Telnet::connect(proxy.telnet).await;
+    assert_eq!(
+        other.ask("GET name").await,
+        "VALUE Derek",
+        "the setting is the session's"
+    );
+}

@@ -9,20 +9,23 @@
 pub mod connection;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_api::ErrorBody;
 use kv_api::dump::{Item, content_type_for};
+use kv_api::expiry::{Expiry, Touch};
 use kv_api::interpreter::{self, Next};
+use kv_api::source::Source;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::connection::{Connection, Frame};
-use crate::cache::Cached;
+use crate::cache::{CacheStatus, Cached};
 use crate::config::TelnetLimits;
 use crate::service::{GetError, Service};
 use crate::upstream::Relayed;
@@ -122,6 +125,8 @@ enum Event {
 async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken) -> std::io::Result<()> {
     let (service, limits) = (&shared.service, &shared.limits);
     let mut authenticated = shared.token.is_none();
+    // `VERBOSE ON`: GET answers say where the value came from.
+    let verbose = std::sync::atomic::AtomicBool::new(false);
     let (reader, writer) = stream.into_split();
     let max_line = usize::try_from(limits.telnet_max_line).unwrap_or(usize::MAX);
     let mut connection = Connection::new(reader, writer, max_line).with_write_timeout(limits.telnet_write_timeout);
@@ -190,7 +195,13 @@ async fn session(stream: TcpStream, shared: &Session, cancel: &CancellationToken
                             .await?;
                         Next::Continue
                     }
-                    Ok(Some(command)) => interpreter::execute(command, &Lines(service), &mut connection).await?,
+                    Ok(Some(command)) => {
+                        let lines = Lines {
+                            service,
+                            verbose: &verbose,
+                        };
+                        interpreter::execute(command, &lines, &mut connection).await?
+                    }
                     Err(err) => {
                         connection.write_line(error_line(&err).as_bytes()).await?;
                         Next::Continue
@@ -216,10 +227,15 @@ fn error_line(err: &ParseError) -> String {
 }
 
 /// The line protocol's backend: the proxy's service, its cache and upstream.
-struct Lines<'a>(&'a Service);
+struct Lines<'a> {
+    service: &'a Service,
+    /// The session's `VERBOSE` setting.
+    verbose: &'a std::sync::atomic::AtomicBool,
+}
 
-/// A value as a GET over telnet answers it: the cached entry, shared.
-struct Value(Arc<Cached>);
+/// A value as a GET over telnet answers it: the cached entry, shared, and
+/// where this answer took it from.
+struct Value(Arc<Cached>, Source);
 
 impl AsRef<[u8]> for Value {
     fn as_ref(&self) -> &[u8] {
@@ -232,8 +248,16 @@ impl interpreter::Backend for Lines<'_> {
     type Pairs = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Item, String>> + Send>>;
 
     async fn get(&self, key: &str) -> Result<Option<Value>, String> {
-        match self.0.get(key).await {
-            Ok(lookup) => Ok(lookup.value.map(Value)),
+        match self.service.get(key).await {
+            Ok(lookup) => {
+                let age_secs = lookup.age().as_secs();
+                let source = match lookup.status {
+                    CacheStatus::Hit => Source::Cached { age_secs },
+                    CacheStatus::Stale => Source::Stale { age_secs },
+                    CacheStatus::Miss => Source::Server,
+                };
+                Ok(lookup.value.map(|value| Value(value, source)))
+            }
             Err(GetError::Unreachable(_)) => Err(UNAVAILABLE.to_owned()),
             Err(GetError::Refused(relayed)) => Err(upstream_error(&relayed)),
         }
@@ -242,15 +266,62 @@ impl interpreter::Backend for Lines<'_> {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(&value)));
-        match self.0.write(Method::PUT, key, &headers, Bytes::from(value)).await {
+        match self
+            .service
+            .write(Method::PUT, key, None, &headers, Bytes::from(value))
+            .await
+        {
             Ok(relayed) if relayed.status.is_success() => Ok(()),
             Ok(relayed) => Err(upstream_error(&relayed)),
             Err(_) => Err(UNAVAILABLE.to_owned()),
         }
     }
 
+    async fn setex(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(&value)));
+        let query = Expiry::After(ttl).query();
+        match self
+            .service
+            .write(Method::PUT, key, query, &headers, Bytes::from(value))
+            .await
+        {
+            Ok(relayed) if relayed.status.is_success() => Ok(()),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> Result<bool, String> {
+        let touch = ttl.map_or(Touch::Persist, Touch::After);
+        let headers = HeaderMap::new();
+        match self
+            .service
+            .write(Method::PATCH, key, Some(touch.query()), &headers, Bytes::new())
+            .await
+        {
+            Ok(relayed) if relayed.status.is_success() => Ok(true),
+            Ok(relayed) if relayed.status == StatusCode::NOT_FOUND => Ok(false),
+            Ok(relayed) => Err(upstream_error(&relayed)),
+            Err(_) => Err(UNAVAILABLE.to_owned()),
+        }
+    }
+
+    /// Through the cache, like GET: a cached entry's time left is counted now.
+    async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, String> {
+        match self.service.get(key).await {
+            Ok(lookup) => Ok(lookup.value.as_ref().map(|_| lookup.time_left())),
+            Err(GetError::Unreachable(_)) => Err(UNAVAILABLE.to_owned()),
+            Err(GetError::Refused(relayed)) => Err(upstream_error(&relayed)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, String> {
-        match self.0.write(Method::DELETE, key, &HeaderMap::new(), Bytes::new()).await {
+        match self
+            .service
+            .write(Method::DELETE, key, None, &HeaderMap::new(), Bytes::new())
+            .await
+        {
             Ok(relayed) if relayed.status.is_success() => Ok(true),
             Ok(relayed) if relayed.status == StatusCode::NOT_FOUND => Ok(false),
             Ok(relayed) => Err(upstream_error(&relayed)),
@@ -265,7 +336,12 @@ impl interpreter::Backend for Lines<'_> {
             ..Default::default()
         };
         let accept = HeaderValue::from_static("application/x-ndjson");
-        match self.0.upstream.stream(&query.path_and_query(), Some(&accept)).await {
+        match self
+            .service
+            .upstream
+            .stream(&query.path_and_query(), Some(&accept))
+            .await
+        {
             Ok(response) if response.status().is_success() => Ok(Box::pin(
                 kv_edge::client::ndjson_items(response).map(|item| item.map_err(|err| format!("{UNAVAILABLE}: {err}"))),
             )),
@@ -274,11 +350,24 @@ impl interpreter::Backend for Lines<'_> {
     }
 
     async fn stats(&self) -> Result<Vec<(String, String)>, String> {
-        Ok(self.0.stats().await)
+        Ok(self.service.stats().await)
     }
 
     fn bare_on_a_line(&self, value: &Value) -> bool {
         value.0.bare_on_a_line()
+    }
+
+    fn source(&self, value: &Value) -> Option<Source> {
+        Some(value.1)
+    }
+
+    fn verbose(&self) -> bool {
+        self.verbose.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_verbose(&self, on: bool) -> Result<(), &'static str> {
+        self.verbose.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Fetched {
     pub version: u64,
     /// The [`StoreIdentity`] generation of the store that answered.
     pub generation: u64,
+    /// The key's time left (`X-Kv-Expires-In`) and deadline (`Expires`).
+    pub expires_in: Option<Duration>,
+    pub expires: Option<HeaderValue>,
 }
 
 /// An upstream answer passed through to the client as it came.
@@ -68,7 +71,7 @@ pub enum Fetch {
 }
 
 /// Headers of an upstream answer that the client should see.
-const PASSED_HEADERS: [HeaderName; 8] = [
+const PASSED_HEADERS: [HeaderName; 10] = [
     header::CONTENT_TYPE,
     header::ETAG,
     header::LOCATION,
@@ -77,6 +80,8 @@ const PASSED_HEADERS: [HeaderName; 8] = [
     header::ALLOW,
     header::RETRY_AFTER,
     HeaderName::from_static("x-kv-revision"),
+    HeaderName::from_static("x-kv-expires-in"),
+    header::EXPIRES,
 ];
 
 /// Request headers a client may send that the upstream needs.
@@ -188,12 +193,16 @@ impl Upstream {
                         cause: "a value came back without a numeric ETag; is the upstream a kv-server?".into(),
                     });
                 };
+                let expires_in = kv_api::expiry::parse_expires_in(response.headers());
+                let expires = response.headers().get(header::EXPIRES).cloned();
                 let value = response.bytes().await.map_err(|e| self.error(e))?;
                 Ok(Fetch::Found(Fetched {
                     value,
                     content_type,
                     version,
                     generation,
+                    expires_in,
+                    expires,
                 }))
             }
             StatusCode::NOT_FOUND => Ok(Fetch::NotFound),
@@ -201,15 +210,21 @@ impl Upstream {
         }
     }
 
-    /// Sends a write (PUT or DELETE) of one key and returns the upstream's answer.
+    /// Sends a write (PUT, PATCH or DELETE) of one key and returns the
+    /// upstream's answer. `query`: rebuilt from what the proxy parsed
+    /// ([`kv_api::expiry`]), never the client's raw query.
     pub async fn write(
         &self,
         method: Method,
         key: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Relayed, UpstreamError> {
-        let path = kv_api::key::encode_path(key);
+        let mut path = kv_api::key::encode_path(key);
+        if let Some(query) = query {
+            path = format!("{path}?{query}");
+        }
         let is_put = method == Method::PUT;
         let mut request = self.request(method, &path);
         for name in &FORWARDED_HEADERS {

@@ -7,27 +7,62 @@
 //! GET <key>
 //! DEL <key>              (DELETE too)
 //! DUMP [<prefix>]
+//! SETEX <key> <seconds> <value>   PUT with a deadline; the value is the rest of the line
+//! EXPIRE <key> <seconds>          give a key a deadline
+//! PERSIST <key>                   take a key's deadline away
+//! TTL <key>                       TTL <seconds left>, TTL -1 (no deadline), or NOT_FOUND
 //! STATS | HELP | QUIT (EXIT too)
 //! AUTH <token>           when the proxy has an access token
 //! ```
 //! Command names are case-insensitive. A key or value may be written as a
 //! double-quoted string with `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH` escapes.
 //! `kv shell` speaks the same commands through this parser, and
-//! [`crate::interpreter`] answers them for both.
+//! the interpreter answers them for both.
 
 use crate::key::{self, KeyError};
 use crate::quote::{self, QuoteError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Get { key: String },
-    Put { key: String, value: Vec<u8> },
-    Del { key: String },
-    Dump { prefix: Option<String> },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Del {
+        key: String,
+    },
+    Dump {
+        prefix: Option<String>,
+    },
+    /// A PUT that expires `seconds` after it is written.
+    SetEx {
+        key: String,
+        seconds: u64,
+        value: Vec<u8>,
+    },
+    Expire {
+        key: String,
+        seconds: u64,
+    },
+    Persist {
+        key: String,
+    },
+    Ttl {
+        key: String,
+    },
     Stats,
     Help,
     Quit,
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
+    /// `VERBOSE ON|OFF`: whether GET answers say where the value came from.
+    Verbose {
+        on: bool,
+    },
 }
 
 /// What is wrong with a line, written to be answered as `ERR <this>`.
@@ -41,17 +76,27 @@ pub enum ParseError {
     Quote(#[from] QuoteError),
     #[error("bad key: {0}")]
     Key(#[from] KeyError),
+    #[error("seconds must be a whole number from 1 to {max}, not '{0}'", max = MAX_SECONDS)]
+    Seconds(String),
 }
+
+/// The most seconds `SETEX` and `EXPIRE` take ([`crate::expiry::MAX_TTL`]).
+pub const MAX_SECONDS: u64 = crate::expiry::MAX_TTL.as_secs();
 
 pub const HELP: &[&str] = &[
     "PUT <key> <value>    store a value (the rest of the line); PUT <key> = <value> works too",
     "GET <key>            read a value: VALUE <value>, or NOT_FOUND",
     "DEL <key>            delete a key: OK, or NOT_FOUND",
     "DUMP [<prefix>]      list pairs in key order, then END <count>",
+    "SETEX <key> <seconds> <value>  store a value that expires after that many seconds",
+    "EXPIRE <key> <seconds>  give a key a deadline: OK, or NOT_FOUND",
+    "PERSIST <key>        remove a key's deadline: OK, or NOT_FOUND",
+    "TTL <key>            seconds left: TTL <n>, TTL -1 (no deadline), or NOT_FOUND",
     "STATS                cache figures",
     "HELP                 this list",
     "QUIT                 close the connection",
     "AUTH <token>         authenticate, when the proxy has an access token",
+    "VERBOSE ON|OFF       GET answers say where the value came from: VALUE <value> (cached, 3 s old) or (from server)",
     "Quote keys or values holding spaces or special bytes: PUT \"my key\" \"two\\nlines\" (escapes \\\" \\\\ \\n \\r \\t \\xHH)",
 ];
 
@@ -59,6 +104,10 @@ const USAGE_GET: &str = "GET <key>";
 const USAGE_PUT: &str = "PUT <key> <value>  (or PUT <key> = <value>)";
 const USAGE_DEL: &str = "DEL <key>";
 const USAGE_DUMP: &str = "DUMP [<prefix>]";
+const USAGE_SETEX: &str = "SETEX <key> <seconds> <value>";
+const USAGE_EXPIRE: &str = "EXPIRE <key> <seconds>";
+const USAGE_PERSIST: &str = "PERSIST <key>";
+const USAGE_TTL: &str = "TTL <key>";
 
 impl Command {
     /// Parses one line (without its line ending). `Ok(None)` for a blank line.
@@ -103,9 +152,38 @@ impl Command {
                 };
                 Self::Dump { prefix }
             }
+            b"SETEX" => {
+                let (key, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage(USAGE_SETEX))?;
+                let key = to_key(key)?;
+                let (seconds, rest) = split_word(trim_start(rest));
+                let seconds = parse_seconds(seconds, USAGE_SETEX)?;
+                let value = value(rest)?.ok_or(ParseError::Usage(USAGE_SETEX))?;
+                Self::SetEx { key, seconds, value }
+            }
+            b"EXPIRE" => {
+                let (key, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage(USAGE_EXPIRE))?;
+                let key = to_key(key)?;
+                let (seconds, rest) = split_word(trim_start(rest));
+                let seconds = parse_seconds(seconds, USAGE_EXPIRE)?;
+                if !trim_start(rest).is_empty() {
+                    return Err(ParseError::Usage(USAGE_EXPIRE));
+                }
+                Self::Expire { key, seconds }
+            }
+            b"PERSIST" => Self::Persist {
+                key: only_key(rest, USAGE_PERSIST)?,
+            },
+            b"TTL" => Self::Ttl {
+                key: only_key(rest, USAGE_TTL)?,
+            },
             b"STATS" => no_args(rest, Self::Stats, "STATS")?,
             b"HELP" => Self::Help,
             b"QUIT" | b"EXIT" => Self::Quit,
+            b"VERBOSE" => match trim_start(rest).to_ascii_uppercase().trim_ascii_end() {
+                b"ON" => Self::Verbose { on: true },
+                b"OFF" => Self::Verbose { on: false },
+                _ => return Err(ParseError::Usage("VERBOSE ON|OFF")),
+            },
             b"AUTH" => {
                 let (token, rest) = token(trim_start(rest))?.ok_or(ParseError::Usage("AUTH <token>"))?;
                 if !trim_start(rest).is_empty() {
@@ -132,10 +210,20 @@ impl Command {
             Self::Del { key } => format!("DEL {}", quote::render_key(key)),
             Self::Dump { prefix: None } => "DUMP".into(),
             Self::Dump { prefix: Some(prefix) } => format!("DUMP {}", quote::quote(prefix.as_bytes())),
+            Self::SetEx { key, seconds, value } => format!(
+                "SETEX {} {seconds} {}",
+                quote::render_key(key),
+                quote::render_value(value)
+            ),
+            Self::Expire { key, seconds } => format!("EXPIRE {} {seconds}", quote::render_key(key)),
+            Self::Persist { key } => format!("PERSIST {}", quote::render_key(key)),
+            Self::Ttl { key } => format!("TTL {}", quote::render_key(key)),
             Self::Stats => "STATS".into(),
             Self::Help => "HELP".into(),
             Self::Quit => "QUIT".into(),
             Self::Auth { token } => format!("AUTH {}", quote::render_key(token)),
+            Self::Verbose { on: true } => "VERBOSE ON".into(),
+            Self::Verbose { on: false } => "VERBOSE OFF".into(),
         }
     }
 }
@@ -219,6 +307,17 @@ fn only_key(rest: &[u8], usage: &'static str) -> Result<String, ParseError> {
     to_key(key)
 }
 
+/// A count of seconds for `SETEX` or `EXPIRE`: 1 to [`MAX_SECONDS`].
+fn parse_seconds(word: &[u8], usage: &'static str) -> Result<u64, ParseError> {
+    if word.is_empty() {
+        return Err(ParseError::Usage(usage));
+    }
+    match std::str::from_utf8(word).ok().and_then(|w| w.parse::<u64>().ok()) {
+        Some(n) if (1..=MAX_SECONDS).contains(&n) && word.iter().all(u8::is_ascii_digit) => Ok(n),
+        _ => Err(ParseError::Seconds(truncate(&String::from_utf8_lossy(word)))),
+    }
+}
+
 fn no_args(rest: &[u8], command: Command, usage: &'static str) -> Result<Command, ParseError> {
     if trim_start(rest).is_empty() {
         Ok(command)
@@ -272,6 +371,9 @@ mod tests {
         assert_eq!(parse("PUT age = 18"), put("age", b"18"));
         assert_eq!(parse("put Fname = Sayali"), put("Fname", b"Sayali"));
         assert_eq!(parse("get name"), Command::Get { key: "name".into() });
+        assert_eq!(parse("verbose on"), Command::Verbose { on: true });
+        assert_eq!(parse("VERBOSE OFF "), Command::Verbose { on: false });
+        assert!(Command::parse(b"VERBOSE maybe").is_err());
         assert_eq!(parse("DEL age"), Command::Del { key: "age".into() });
         assert_eq!(parse("dump"), Command::Dump { prefix: None });
         assert_eq!(
@@ -282,6 +384,43 @@ mod tests {
         );
         assert_eq!(parse("Quit"), Command::Quit);
         assert_eq!(Command::parse(b"   ").unwrap(), None);
+    }
+
+    #[test]
+    fn the_expiry_commands() {
+        assert_eq!(
+            parse("SETEX session 30 user 42"),
+            Command::SetEx {
+                key: "session".into(),
+                seconds: 30,
+                value: b"user 42".to_vec()
+            }
+        );
+        assert_eq!(
+            parse("expire k 5"),
+            Command::Expire {
+                key: "k".into(),
+                seconds: 5
+            }
+        );
+        assert_eq!(parse("PERSIST k"), Command::Persist { key: "k".into() });
+        assert_eq!(parse("ttl k"), Command::Ttl { key: "k".into() });
+        // PUT keeps its meaning: the rest of the line is the value.
+        assert_eq!(parse("PUT k v EX 2"), put("k", b"v EX 2"));
+        let err = |line: &str| Command::parse(line.as_bytes()).unwrap_err().to_string();
+        for bad in [
+            "SETEX k 0 v",
+            "SETEX k -1 v",
+            "SETEX k x v",
+            "EXPIRE k 1.5",
+            "EXPIRE k +3",
+        ] {
+            assert!(err(bad).starts_with("seconds must be"), "{bad}: {}", err(bad));
+        }
+        assert!(err("SETEX k 5").starts_with("usage: SETEX"));
+        assert!(err("EXPIRE k").starts_with("usage: EXPIRE"));
+        assert!(err("EXPIRE k 5 6").starts_with("usage: EXPIRE"));
+        assert!(err("TTL").starts_with("usage: TTL"));
     }
 
     #[test]
@@ -366,6 +505,14 @@ mod tests {
             valid_key().prop_map(|key| Command::Get { key }),
             (valid_key(), awkward_bytes()).prop_map(|(key, value)| Command::Put { key, value }),
             valid_key().prop_map(|key| Command::Del { key }),
+            (valid_key(), 1..=MAX_SECONDS, awkward_bytes()).prop_map(|(key, seconds, value)| Command::SetEx {
+                key,
+                seconds,
+                value
+            }),
+            (valid_key(), 1..=MAX_SECONDS).prop_map(|(key, seconds)| Command::Expire { key, seconds }),
+            valid_key().prop_map(|key| Command::Persist { key }),
+            valid_key().prop_map(|key| Command::Ttl { key }),
             proptest::option::of(awkward_text(12)).prop_map(|prefix| Command::Dump { prefix }),
             awkward_text(12).prop_map(|token| Command::Auth { token }),
             Just(Command::Stats),
@@ -389,7 +536,7 @@ mod tests {
         #[test]
         fn any_line_parses_to_a_fixed_point(line in prop_oneof![
             awkward_bytes(),
-            (prop::sample::select(vec!["GET ", "PUT ", "DEL ", "DUMP ", "AUTH ", "put k = "]), awkward_bytes())
+            (prop::sample::select(vec!["GET ", "PUT ", "DEL ", "DUMP ", "AUTH ", "put k = ", "SETEX k 5 ", "EXPIRE ", "TTL ", "PERSIST "]), awkward_bytes())
                 .prop_map(|(name, rest)| [name.as_bytes(), &rest].concat()),
         ]) {
             if let Ok(Some(command)) = Command::parse(&line) {

@@ -16,6 +16,8 @@ pub struct Entry {
     pub content_type: String,
     /// The revision of the write that last changed this key (its `ETag`).
     pub version: u64,
+    /// When the key expires, in unix milliseconds ([`crate::expiry`]); `None`: never.
+    pub expires_at: Option<u64>,
 }
 
 impl Entry {
@@ -30,6 +32,7 @@ impl Entry {
             value: value.into(),
             content_type: content_type.into(),
             version,
+            expires_at: None,
         }
     }
 }
@@ -37,6 +40,9 @@ impl Entry {
 /// The default and largest page of a JSON or HTML DUMP.
 pub const DEFAULT_PAGE: usize = 1000;
 pub const MAX_PAGE: usize = 10_000;
+/// A JSON or HTML page stops early, before `limit` items, once it holds this
+/// many bytes (at least one item, whatever its size); its `next` continues it.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// The query of a DUMP, `GET /kv?prefix=&limit=&after=&keys_only=`, parsed
 /// and checked. The proxy forwards the query it rebuilds from this, never
@@ -131,6 +137,24 @@ pub fn content_type_for(value: &[u8]) -> &'static str {
     }
 }
 
+/// curl's default Content-Type for `--data`: nobody means it as the type of a value.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// The content type a write is stored with: what the request said, except
+/// that curl's default form type (which `curl --data` sends unasked) is
+/// stored as if no type had been given, as [`content_type_for`] says: text
+/// when the bytes are UTF-8, so a browser shows the value instead of
+/// downloading it. The server decides this once, so a write through the
+/// proxy (which forwards the header) is stored the same way.
+pub fn stored_content_type(requested: String, value: &[u8]) -> String {
+    let media = requested.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(FORM_CONTENT_TYPE) {
+        content_type_for(value).to_owned()
+    } else {
+        requested
+    }
+}
+
 /// One pair in a JSON page, an NDJSON line or an export file. A value that is
 /// not UTF-8 travels as `value_base64` instead of `value`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +169,9 @@ pub struct Item {
     /// Left out when it is the default, `application/octet-stream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// When the key expires (RFC 3339 with milliseconds, UTC); left out when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl Item {
@@ -165,7 +192,13 @@ impl Item {
             value_base64,
             version: Some(entry.version),
             content_type,
+            expires_at: entry.expires_at.map(crate::expiry::format_rfc3339),
         }
+    }
+
+    /// The deadline in unix milliseconds, if the item has one.
+    pub fn expires_at_ms(&self) -> Result<Option<u64>, String> {
+        self.expires_at.as_deref().map(crate::expiry::parse_rfc3339).transpose()
     }
 
     /// The value's bytes, from whichever field carries them.
@@ -299,6 +332,25 @@ mod tests {
     }
 
     #[test]
+    fn curls_form_type_is_stored_as_no_type() {
+        let form = || FORM_CONTENT_TYPE.to_owned();
+        assert_eq!(stored_content_type(form(), b"Derek Moss"), "text/plain; charset=utf-8");
+        assert_eq!(stored_content_type(form(), &[0xff, 0]), DEFAULT_CONTENT_TYPE);
+        assert_eq!(
+            stored_content_type("Application/X-WWW-Form-Urlencoded; charset=utf-8".into(), b"a=b"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            stored_content_type("application/json".into(), b"{}"),
+            "application/json"
+        );
+        assert_eq!(
+            stored_content_type(DEFAULT_CONTENT_TYPE.into(), b"text"),
+            DEFAULT_CONTENT_TYPE
+        );
+    }
+
+    #[test]
     fn items_carry_binary_values_as_base64() {
         let item = Item::from_entry(&entry("k", &[0xff, 0x00]), false);
         assert_eq!(item.value, None);
@@ -309,5 +361,15 @@ mod tests {
             serde_json::to_string(&text).unwrap(),
             r#"{"key":"k","value":"hi","version":7}"#
         );
+        let expiring = Entry {
+            expires_at: Some(1_700_000_001_532),
+            ..entry("k", b"hi")
+        };
+        let item = Item::from_entry(&expiring, false);
+        assert_eq!(
+            serde_json::to_string(&item).unwrap(),
+            r#"{"key":"k","value":"hi","version":7,"expires_at":"2023-11-14T22:13:21.532Z"}"#
+        );
+        assert_eq!(item.expires_at_ms(), Ok(Some(1_700_000_001_532)));
     }
 }

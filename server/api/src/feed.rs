@@ -8,7 +8,9 @@
 //!   value is left out (`"value_omitted":true`, `"size":S`) above
 //!   [`MAX_INLINE_VALUE`] or with `values=0`; a value that is not UTF-8 comes
 //!   as `value_base64`, as in DUMP.
-//! - `{"type":"delete","rev":N,"key":"…"}`.
+//!   A key with a deadline carries it as `expires_at` (RFC 3339, ms).
+//! - `{"type":"delete","rev":N,"key":"…"}`, with `"reason":"expired"` when
+//!   the key's deadline removed it.
 //! - `{"type":"progress","rev":N}`: every change up to `N` has been sent on
 //!   this stream. It travels in the same ordered queue as the events, so it
 //!   never runs ahead of them; it comes at least every [`PROGRESS_INTERVAL`]
@@ -28,6 +30,9 @@ use crate::error::ApiError;
 
 /// Values larger than this are left out of `put` events (`value_omitted`).
 pub const MAX_INLINE_VALUE: usize = 64 << 10;
+
+/// A `delete` event's `reason` when the key's deadline removed it.
+pub const REASON_EXPIRED: &str = "expired";
 
 /// A quiet stream sends a `progress` event at least this often.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -89,6 +94,12 @@ pub struct Event {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// `put`: the key's deadline, RFC 3339 with milliseconds, as in DUMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// `delete`: `"expired"` when the key's deadline removed it, not a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// `reset`: the oldest `since` the history still reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest: Option<u64>,
@@ -109,6 +120,8 @@ impl Event {
             value_omitted: false,
             size: None,
             content_type: None,
+            expires_at: None,
+            reason: None,
             oldest: None,
             current: None,
         }
@@ -130,18 +143,29 @@ impl Event {
         }
     }
 
-    pub fn delete(rev: u64, key: &str) -> Self {
+    /// A delete; `expired`: the sweep removed the key at its deadline.
+    pub fn delete(rev: u64, key: &str, expired: bool) -> Self {
         Self {
             key: Some(key.to_owned()),
+            reason: expired.then(|| REASON_EXPIRED.to_owned()),
             ..Self::bare(Kind::Delete, Some(rev))
         }
     }
 
-    /// A put, its value inline (`with_value`, and not above [`MAX_INLINE_VALUE`]) or left out.
-    pub fn put(rev: u64, key: &str, value: &[u8], content_type: &str, with_value: bool) -> Self {
+    /// A put, its value inline (`with_value`, and not above [`MAX_INLINE_VALUE`]) or left out;
+    /// `expires_at`: the key's deadline, unix ms.
+    pub fn put(
+        rev: u64,
+        key: &str,
+        value: &[u8],
+        content_type: &str,
+        expires_at: Option<u64>,
+        with_value: bool,
+    ) -> Self {
         let mut event = Self {
             key: Some(key.to_owned()),
             content_type: Some(content_type.to_owned()),
+            expires_at: expires_at.map(crate::expiry::format_rfc3339),
             ..Self::bare(Kind::Put, Some(rev))
         };
         if with_value && value.len() <= MAX_INLINE_VALUE {
@@ -274,22 +298,28 @@ mod tests {
 
     #[test]
     fn events_travel_as_the_contract_says() {
-        let put = Event::put(12, "name", b"Derek Moss", "text/plain", true);
+        let put = Event::put(12, "name", b"Derek Moss", "text/plain", None, true);
         assert_eq!(
             String::from_utf8(put.to_line()).unwrap(),
             "{\"type\":\"put\",\"rev\":12,\"key\":\"name\",\"value\":\"Derek Moss\",\"content_type\":\"text/plain\"}\n"
         );
-        let binary = Event::put(13, "b", &[0xff], "application/octet-stream", true);
+        let binary = Event::put(13, "b", &[0xff], "application/octet-stream", None, true);
         assert_eq!(binary.value_base64.as_deref(), Some("/w=="));
         assert_eq!(binary.value_bytes(), Some(vec![0xff]));
-        let omitted = Event::put(14, "big", &vec![b'x'; MAX_INLINE_VALUE + 1], "text/plain", true);
+        let omitted = Event::put(14, "big", &vec![b'x'; MAX_INLINE_VALUE + 1], "text/plain", None, true);
         assert!(omitted.value_omitted && omitted.value.is_none());
         assert_eq!(omitted.size, Some(MAX_INLINE_VALUE as u64 + 1));
-        assert!(Event::put(15, "k", b"v", "text/plain", false).value_omitted);
+        assert!(Event::put(15, "k", b"v", "text/plain", None, false).value_omitted);
         assert_eq!(
-            serde_json::to_string(&Event::delete(16, "name")).unwrap(),
+            serde_json::to_string(&Event::delete(16, "name", false)).unwrap(),
             r#"{"type":"delete","rev":16,"key":"name"}"#
         );
+        assert_eq!(
+            serde_json::to_string(&Event::delete(17, "session", true)).unwrap(),
+            r#"{"type":"delete","rev":17,"key":"session","reason":"expired"}"#
+        );
+        let expiring = Event::put(18, "s", b"t", "text/plain", Some(1_700_000_000_123), true);
+        assert_eq!(expiring.expires_at.as_deref(), Some("2023-11-14T22:13:20.123Z"));
         assert_eq!(
             serde_json::to_string(&Event::reset(3, 9)).unwrap(),
             r#"{"type":"reset","oldest":3,"current":9}"#

@@ -6,6 +6,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_core::Stream;
 
@@ -25,6 +26,13 @@ pub trait Backend: Sync {
     fn put(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send;
     /// `Ok(false)`: there was no such key.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, String>> + Send;
+    /// `SETEX`: a put whose key expires `ttl` after it is written.
+    fn setex(&self, key: &str, value: Vec<u8>, ttl: Duration) -> impl Future<Output = Result<(), String>> + Send;
+    /// `EXPIRE` (`Some`) or `PERSIST` (`None`): a new deadline for an existing
+    /// key. `Ok(false)`: there was no such key.
+    fn expire(&self, key: &str, ttl: Option<Duration>) -> impl Future<Output = Result<bool, String>> + Send;
+    /// `TTL`: `None` when there is no such key, `Some(None)` when it has no deadline.
+    fn ttl(&self, key: &str) -> impl Future<Output = Result<Option<Option<Duration>>, String>> + Send;
     fn dump(&self, prefix: Option<&str>) -> impl Future<Output = Result<Self::Pairs, String>> + Send;
     /// The figures `STATS` prints, named as [`crate::stats`] names them.
     fn stats(&self) -> impl Future<Output = Result<Vec<(String, String)>, String>> + Send;
@@ -33,6 +41,21 @@ pub trait Backend: Sync {
     /// remember the answer per value.
     fn bare_on_a_line(&self, value: &Self::Value) -> bool {
         quote::can_be_bare(value.as_ref())
+    }
+
+    /// Where a value read by `GET` came from, when the front knows.
+    fn source(&self, _value: &Self::Value) -> Option<crate::source::Source> {
+        None
+    }
+
+    /// Whether `GET` answers say where the value came from ([`Backend::source`]).
+    fn verbose(&self) -> bool {
+        false
+    }
+
+    /// `VERBOSE ON|OFF`; `Err` (a message) when the front cannot say.
+    fn set_verbose(&self, _on: bool) -> Result<(), &'static str> {
+        Err("VERBOSE is not available here")
     }
 
     /// `AUTH`, when the front did not answer it itself.
@@ -58,6 +81,19 @@ pub enum Next {
 pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out: &mut R) -> Result<Next, R::Error> {
     match command {
         Command::Get { key } => match backend.get(&key).await {
+            Ok(Some(value))
+                if backend.verbose()
+                    && let Some(source) = backend.source(&value) =>
+            {
+                // For people: a script that parses VALUE lines leaves VERBOSE off.
+                let note = format!(" {source}");
+                if backend.bare_on_a_line(&value) {
+                    out.line(&[b"VALUE ", value.as_ref(), note.as_bytes()]).await?;
+                } else {
+                    out.line(&[b"VALUE ", quote::quote(value.as_ref()).as_bytes(), note.as_bytes()])
+                        .await?;
+                }
+            }
             Ok(Some(value)) if backend.bare_on_a_line(&value) => out.line(&[b"VALUE ", value.as_ref()]).await?,
             Ok(Some(value)) => out.line(&[b"VALUE ", quote::quote(value.as_ref()).as_bytes()]).await?,
             Ok(None) => out.line(&[b"NOT_FOUND"]).await?,
@@ -70,6 +106,22 @@ pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out:
         Command::Del { key } => match backend.delete(&key).await {
             Ok(true) => out.line(&[b"OK"]).await?,
             Ok(false) => out.line(&[b"NOT_FOUND"]).await?,
+            Err(message) => error(out, &message).await?,
+        },
+        Command::SetEx { key, seconds, value } => {
+            match backend.setex(&key, value, Duration::from_secs(seconds)).await {
+                Ok(()) => out.line(&[b"OK"]).await?,
+                Err(message) => error(out, &message).await?,
+            }
+        }
+        Command::Expire { key, seconds } => {
+            found_or_not(out, backend.expire(&key, Some(Duration::from_secs(seconds))).await).await?;
+        }
+        Command::Persist { key } => found_or_not(out, backend.expire(&key, None).await).await?,
+        Command::Ttl { key } => match backend.ttl(&key).await {
+            Ok(Some(Some(left))) => out.line(&[b"TTL ", ttl_seconds(left).to_string().as_bytes()]).await?,
+            Ok(Some(None)) => out.line(&[b"TTL -1"]).await?,
+            Ok(None) => out.line(&[b"NOT_FOUND"]).await?,
             Err(message) => error(out, &message).await?,
         },
         Command::Dump { prefix } => dump(backend, prefix.as_deref(), out).await?,
@@ -93,6 +145,10 @@ pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out:
             return Ok(Next::Close);
         }
         Command::Auth { .. } => out.line(&[backend.auth().as_bytes()]).await?,
+        Command::Verbose { on } => match backend.set_verbose(on) {
+            Ok(()) => out.line(&[b"OK"]).await?,
+            Err(message) => error(out, message).await?,
+        },
     }
     Ok(Next::Continue)
 }
@@ -100,6 +156,19 @@ pub async fn execute<B: Backend, R: Replies>(command: Command, backend: &B, out:
 /// One pair on a line, as DUMP shows it: key and value, quoted where needed.
 pub fn render_pair(key: &str, value: &[u8]) -> String {
     format!("{} {}", quote::render_key(key), quote::render_value(value))
+}
+
+/// Seconds left as `TTL` answers them: rounded to the nearest second, as Redis does.
+pub fn ttl_seconds(left: Duration) -> u64 {
+    (left.as_millis() as u64).saturating_add(500) / 1000
+}
+
+async fn found_or_not<R: Replies>(out: &mut R, result: Result<bool, String>) -> Result<(), R::Error> {
+    match result {
+        Ok(true) => out.line(&[b"OK"]).await,
+        Ok(false) => out.line(&[b"NOT_FOUND"]).await,
+        Err(message) => error(out, &message).await,
+    }
 }
 
 async fn error<R: Replies>(out: &mut R, message: &str) -> Result<(), R::Error> {
@@ -135,9 +204,9 @@ mod tests {
 
     use super::*;
 
-    /// A backend over a map, and replies collected as strings.
+    /// A backend over a map (values and their ttls), and replies collected as strings.
     #[derive(Default)]
-    struct Map(Mutex<BTreeMap<String, Vec<u8>>>);
+    struct Map(Mutex<BTreeMap<String, Vec<u8>>>, Mutex<BTreeMap<String, Duration>>);
 
     struct Items(std::vec::IntoIter<Result<Item, String>>);
 
@@ -157,7 +226,30 @@ mod tests {
         }
         async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
             self.0.lock().unwrap().insert(key.to_owned(), value);
+            self.1.lock().unwrap().remove(key);
             Ok(())
+        }
+        async fn setex(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), String> {
+            self.0.lock().unwrap().insert(key.to_owned(), value);
+            self.1.lock().unwrap().insert(key.to_owned(), ttl);
+            Ok(())
+        }
+        async fn expire(&self, key: &str, ttl: Option<Duration>) -> Result<bool, String> {
+            if !self.0.lock().unwrap().contains_key(key) {
+                return Ok(false);
+            }
+            let mut ttls = self.1.lock().unwrap();
+            match ttl {
+                Some(ttl) => ttls.insert(key.to_owned(), ttl),
+                None => ttls.remove(key),
+            };
+            Ok(true)
+        }
+        async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, String> {
+            if !self.0.lock().unwrap().contains_key(key) {
+                return Ok(None);
+            }
+            Ok(Some(self.1.lock().unwrap().get(key).copied()))
         }
         async fn delete(&self, key: &str) -> Result<bool, String> {
             Ok(self.0.lock().unwrap().remove(key).is_some())
@@ -174,6 +266,7 @@ mod tests {
                         value_base64: None,
                         version: None,
                         content_type: None,
+                        expires_at: None,
                     })
                 })
                 .collect();
@@ -244,6 +337,47 @@ mod tests {
                 "BYE"
             ]
         );
+    }
+
+    #[test]
+    fn the_expiry_commands_answer_as_redis_spells_them() {
+        let map = Map::default();
+        let replies = run(
+            &map,
+            &[
+                "TTL k",
+                "SETEX k 30 v w",
+                "GET k",
+                "TTL k",
+                "PERSIST k",
+                "TTL k",
+                "EXPIRE k 5",
+                "TTL k",
+                "PUT k v",
+                "TTL k",
+                "EXPIRE nope 5",
+                "PERSIST nope",
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                "NOT_FOUND",
+                "OK",
+                "VALUE v w",
+                "TTL 30",
+                "OK",
+                "TTL -1",
+                "OK",
+                "TTL 5",
+                "OK",
+                "TTL -1",
+                "NOT_FOUND",
+                "NOT_FOUND"
+            ]
+        );
+        assert_eq!(ttl_seconds(Duration::from_millis(29_499)), 29);
+        assert_eq!(ttl_seconds(Duration::from_millis(29_500)), 30);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub enum KeyError {
     #[error("the key is not valid UTF-8 once percent-decoded")]
     NotUtf8,
     #[error(
+        "the key has a malformed percent-escape ('%' must be followed by two hex digits, as in %2F); \
+         write a literal '%' as %25"
+    )]
+    BadEscape,
+    #[error(
         "the key has '.' or '..' as a path segment, which URLs normalise away; \
          use another spelling, such as a different separator"
     )]
@@ -29,17 +34,34 @@ pub enum KeyError {
 /// Decodes the key from a request path such as `/kv/users%2F42/name`.
 ///
 /// The key is the whole rest of the path after `/kv/`, percent-decoded once, so
-/// `%2F` and `/` name the same key. Segments `.` and `..` are refused because
+/// `%2F` and `/` name the same key. A `%` not followed by two hex digits
+/// (`%ZZ`, `%4`, a trailing `%`) is refused, as Go's net/http and nginx do,
+/// rather than kept as a literal `%`. Segments `.` and `..` are refused because
 /// every URL library between a user and the server (curl, browsers, reqwest)
 /// rewrites them, so such a key could be stored but never reliably read back.
 pub fn decode_path(path: &str) -> Result<String, KeyError> {
     let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
+    if !escapes_are_well_formed(raw.as_bytes()) {
+        return Err(KeyError::BadEscape);
+    }
     let key = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| KeyError::NotUtf8)?
         .into_owned();
     validate(&key)?;
     Ok(key)
+}
+
+/// Whether every `%` in `raw` starts an escape of two hex digits.
+fn escapes_are_well_formed(raw: &[u8]) -> bool {
+    let mut rest = raw;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        match rest.get(at + 1..at + 3) {
+            Some([high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => rest = &rest[at + 3..],
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Checks a key that arrived by other means than a path (the line protocol, an import file).
@@ -95,6 +117,23 @@ mod tests {
         let long = format!("/kv/{}", "x".repeat(MAX_KEY_BYTES + 1));
         assert_eq!(decode_path(&long), Err(KeyError::TooLong(MAX_KEY_BYTES + 1)));
         assert!(decode_path(&format!("/kv/{}", "x".repeat(MAX_KEY_BYTES))).is_ok());
+    }
+
+    #[test]
+    fn malformed_percent_escapes_are_refused() {
+        for path in [
+            "/kv/%ZZ",
+            "/kv/%4",
+            "/kv/%",
+            "/kv/a%",
+            "/kv/a%g1",
+            "/kv/%%41",
+            "/kv/ok%41%2",
+        ] {
+            assert_eq!(decode_path(path), Err(KeyError::BadEscape), "{path}");
+        }
+        assert_eq!(decode_path("/kv/%25ZZ").unwrap(), "%ZZ");
+        assert_eq!(decode_path("/kv/a%2fb%41").unwrap(), "a/bA");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! - [`key`]: how a key is spelled in a URL (decode, validate, encode).
 //! - [`error`]: [`ErrorCode`](error::ErrorCode), every error code with its status, and the JSON body.
 //! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
+//! - [`expiry`]: per-key deadlines on the wire: `ttl`, `X-Kv-Expires-In`, `expires_at`.
 //! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
 //! - [`feed`]: the change feed's events, its query, SSE framing.
 //! - [`quote`]: Redis-style quoting for line-oriented output.
 //! - [`framing`]: the line protocol's bytes to lines (telnet negotiation, line limits), without I/O.
 //! - [`command`]: the line protocol's commands, parsed from a line.
 //! - [`interpreter`]: what each command answers, over a small backend trait.
+//! - [`source`]: where a value read through the proxy came from (`X-Cache`, `Age`), as terminals say it.
 //! - [`stats`]: the names of the proxy's figures.
 //! - [`routes`]: the route table and the embedded `openapi.yaml`.
 
@@ -21,12 +23,14 @@ pub mod command;
 pub mod condition;
 pub mod dump;
 pub mod error;
+pub mod expiry;
 pub mod feed;
 pub mod framing;
 pub mod interpreter;
 pub mod key;
 pub mod quote;
 pub mod routes;
+pub mod source;
 pub mod stats;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -6,14 +6,39 @@
 pub const DUMP: &str = "/kv";
 /// `/kv/` with no key: routed so that it answers `bad_key`, not `no_route`.
 pub const EMPTY_KEY: &str = "/kv/";
-/// One key: `GET`, `HEAD`, `PUT`, `DELETE /kv/{key}`.
+/// One key: `GET`, `HEAD`, `PUT`, `PATCH` (its deadline), `DELETE /kv/{key}`.
 pub const KEY: &str = "/kv/{*key}";
 pub const HEALTHZ: &str = "/healthz";
+/// The pages for people (HTML; the listing itself is `GET /kv` with `Accept: text/html`).
+/// One key's page: `GET` shows it, `POST` (a form) saves or deletes it.
+pub const UI_KEY: &str = "/ui/kv/{*key}";
+/// `POST` (a form): creates a key.
+pub const UI_NEW: &str = "/ui/kv";
+/// `GET`: a value as a file to save (`Content-Disposition: attachment`).
+pub const UI_DOWNLOAD: &str = "/ui/download/{*key}";
+/// `GET`: the form that asks for the access token; `POST`: sets the cookie.
+pub const UI_LOGIN: &str = "/ui/login";
+/// `POST`: forgets the cookie.
+pub const UI_LOGOUT: &str = "/ui/logout";
+/// The path prefix of every page route.
+pub const UI_PREFIX: &str = "/ui/";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.yaml";
 
 /// Every route, as metrics label them; anything else is counted as "other".
-pub const ALL: [&str; 6] = [DUMP, EMPTY_KEY, KEY, HEALTHZ, METRICS, OPENAPI];
+pub const ALL: [&str; 11] = [
+    DUMP,
+    EMPTY_KEY,
+    KEY,
+    HEALTHZ,
+    METRICS,
+    OPENAPI,
+    UI_KEY,
+    UI_NEW,
+    UI_DOWNLOAD,
+    UI_LOGIN,
+    UI_LOGOUT,
+];
 
 /// The OpenAPI document, the contract of both kv-server and kv-proxy.
 pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use kv_api::{ApiError, ErrorCode};
+use kv_api::{ApiError, ErrorCode, routes};
 
 /// The access-control flags both programs take.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -115,25 +115,58 @@ pub fn guard<S: Clone + Send + Sync + 'static>(routes: axum::Router<S>, token: O
     }
 }
 
-/// Middleware: with a token configured, every route but `/healthz` needs it.
-/// It runs before any handler, so a cached entry is never served to a
-/// request that did not authenticate.
+/// Middleware: with a token configured, every route but `/healthz` and the
+/// login form needs it. It runs before any handler, so a cached entry is
+/// never served to a request that did not authenticate.
+///
+/// The token comes as `Authorization: Bearer <token>`, or, from a browser
+/// (which cannot add that header), in the `kv_token` cookie the login form
+/// sets. The cookie is `SameSite=Strict`, so no other site's page can make the
+/// browser send it; it is accepted on reads and on the pages' forms (which
+/// check their origin besides), never on the API's PUT and DELETE. Both are
+/// compared in constant time. A browser that asks for a page without the
+/// token gets a page that asks for it, not a bare JSON 401.
 pub async fn require_token(State(token): State<Option<Token>>, request: Request, next: Next) -> Response {
     let Some(token) = token else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/healthz" || token.authorizes(request.headers().get(header::AUTHORIZATION)) {
+    let path = request.uri().path();
+    if path == routes::HEALTHZ
+        || path == routes::UI_LOGIN
+        || path == routes::UI_LOGOUT
+        || token.authorizes(request.headers().get(header::AUTHORIZATION))
+    {
         return next.run(request).await;
     }
-    let mut response = ApiError::new(
-        ErrorCode::Unauthorized,
-        "this kv needs an access token: send Authorization: Bearer <token> (the kv CLI sends KV_TOKEN)",
-    )
-    .into_response();
+    let cookie_may_authorize =
+        request.method() == Method::GET || request.method() == Method::HEAD || path.starts_with(routes::UI_PREFIX);
+    if cookie_may_authorize && crate::pages::cookie_token(request.headers()).is_some_and(|c| token.matches(&c)) {
+        return next.run(request).await;
+    }
+    let mut response = if wants_html(request.headers()) {
+        let next = request.uri().path_and_query().map_or("/kv", |p| p.as_str());
+        let next = if request.method() == Method::GET { next } else { "/kv" };
+        crate::pages::html(StatusCode::UNAUTHORIZED, crate::pages::render::login(true, next, false))
+    } else {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "this kv needs an access token: send Authorization: Bearer <token> (the kv CLI sends KV_TOKEN)",
+        )
+        .into_response()
+    };
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Whether the client prefers a page: a browser navigating (its `Accept`
+/// names `text/html`).
+fn wants_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! - [`inflight`]: the byte budget of request bodies in flight.
 //! - [`limits`]: the connection and request-head flags and limits.
 //! - [`request`]: what handlers take from a request: the key, a bounded body.
-//! - [`auth`]: the access token and protected mode.
+//! - [`auth`]: the access token (a bearer header, or the pages' login cookie) and protected mode.
+//! - [`pages`]: the pages for people (a key's page, the forms, login), over a [`pages::Backend`].
 //! - [`tls`]: HTTPS for the listeners, and the crypto provider of every client.
 //! - [`client`]: the reqwest client builder the proxy and the CLI share.
 //! - [`metrics`]: Prometheus figures for HTTP.
@@ -28,6 +29,7 @@ pub mod inflight;
 pub mod layer;
 pub mod limits;
 pub mod metrics;
+pub mod pages;
 pub mod request;
 pub mod serve;
 pub mod shortcut;

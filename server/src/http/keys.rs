@@ -1,4 +1,4 @@
-//! One key: `GET`, `HEAD`, `PUT` and `DELETE /kv/{key}`, and the shortcut
+//! One key: `GET`, `HEAD`, `PUT`, `PATCH` and `DELETE /kv/{key}`, and the shortcut
 //! that answers plain GETs before the router.
 
 use std::sync::Arc;
@@ -10,12 +10,12 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use kv_api::condition::{Condition, Precondition, X_KV_REVISION, etag};
 use kv_api::dump::{DEFAULT_CONTENT_TYPE, Entry, VALUE_CSP};
-use kv_api::{ApiError, ErrorCode, key, routes};
+use kv_api::{ApiError, ErrorCode, expiry, key, routes};
 use kv_edge::request::{Key, read_body};
 use kv_edge::shortcut::{Shortcut, plain_get};
 
 use super::AppState;
-use crate::store::{DeleteOutcome, PutOutcome};
+use crate::store::{DeleteOutcome, PutOutcome, TouchOutcome};
 
 /// kv-server's [`Shortcut`]: `GET /kv/{key}` read from
 /// the store and answered as [`get_key`] would, without routing and extractors.
@@ -84,7 +84,7 @@ pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     let sandbox = HeaderValue::from_static(VALUE_CSP);
     if not_modified {
         let cache_control = HeaderValue::from_static("no-cache");
-        return (
+        let mut response = (
             StatusCode::NOT_MODIFIED,
             [
                 (header::ETAG, etag),
@@ -93,6 +93,8 @@ pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
             ],
         )
             .into_response();
+        expiry_headers(response.headers_mut(), entry.expires_at);
+        return response;
     }
     let content_type =
         HeaderValue::from_str(&entry.content_type).unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
@@ -100,9 +102,18 @@ pub fn value_response(entry: &Entry, not_modified: bool) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::ETAG, etag);
+    // `no-cache`, never a `max-age`: no cache may keep the value past its deadline.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(header::CONTENT_SECURITY_POLICY, sandbox);
+    expiry_headers(headers, entry.expires_at);
     response
+}
+
+/// `X-Kv-Expires-In` and `Expires` for a key with a deadline, counted now.
+fn expiry_headers(headers: &mut HeaderMap, expires_at: Option<u64>) {
+    if let Some(at) = expires_at {
+        headers.extend(expiry::headers(at, expiry::now_ms()));
+    }
 }
 
 pub(super) async fn put_key(
@@ -111,30 +122,65 @@ pub(super) async fn put_key(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
+    let expiry = expiry::parse_put_query(parts.uri.query())?;
     let precondition = Precondition::parse(&parts.headers)?;
     let content_type = content_type(&parts.headers)?;
     let value = read_body(&parts.headers, parts.version, body, state.max_value_bytes).await?;
+    let content_type = kv_api::dump::stored_content_type(content_type, &value);
     // Counted against --max-inflight-bytes until the writer has dropped it,
     // even if this handler is dropped first (its client went away).
     let value = kv_edge::inflight::hold(&parts.extensions, value);
-    match state.store.put(key.clone(), value, content_type, precondition).await? {
-        PutOutcome::Stored { revision, created } => {
+    match state
+        .store
+        .put(key.clone(), value, content_type, precondition, expiry)
+        .await?
+    {
+        PutOutcome::Stored {
+            revision,
+            created,
+            expires_at,
+        } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            let body = Written {
-                key: &key,
-                version: revision,
-            };
-            let mut response = (status, axum::Json(body)).into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::ETAG, etag(revision));
-            headers.insert(X_KV_REVISION.clone(), HeaderValue::from(revision));
+            let mut response = written(status, &key, revision, expires_at);
             if created && let Ok(location) = HeaderValue::from_str(&key::encode_path(&key)) {
-                headers.insert(header::LOCATION, location);
+                response.headers_mut().insert(header::LOCATION, location);
             }
             Ok(response)
         }
         PutOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
     }
+}
+
+/// `PATCH /kv/{key}?ttl=30s` (or `?persist=true`): a new deadline for the
+/// key, its value untouched; a write with a revision of its own. A missing or
+/// expired key is 404.
+pub(super) async fn patch_key(
+    State(state): State<Arc<AppState>>,
+    Key(key): Key,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let touch = expiry::parse_patch_query(request.uri().query())?;
+    let precondition = Precondition::parse(request.headers())?;
+    match state.store.touch(key.clone(), touch, precondition).await? {
+        TouchOutcome::Touched { revision, expires_at } => Ok(written(StatusCode::OK, &key, revision, expires_at)),
+        TouchOutcome::NotFound => Err(ApiError::key_not_found(&key)),
+        TouchOutcome::PreconditionFailed { current } => Err(ApiError::precondition_failed(&key, current)),
+    }
+}
+
+/// The answer to a PUT or PATCH that stored `key` at `revision`.
+fn written(status: StatusCode, key: &str, revision: u64, expires_at: Option<u64>) -> Response {
+    let body = Written {
+        key,
+        version: revision,
+        expires_at: expires_at.map(expiry::format_rfc3339),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag(revision));
+    headers.insert(X_KV_REVISION.clone(), HeaderValue::from(revision));
+    expiry_headers(headers, expires_at);
+    response
 }
 
 /// The body of a PUT's answer: serialised straight from these fields, with no
@@ -143,6 +189,8 @@ pub(super) async fn put_key(
 struct Written<'a> {
     key: &'a str,
     version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
 pub(super) async fn delete_key(
@@ -162,7 +210,8 @@ pub(super) async fn delete_key(
     }
 }
 
-/// The content type to store: the request's, or `application/octet-stream`.
+/// The content type the request names, or `application/octet-stream`
+/// ([`kv_api::dump::stored_content_type`] then turns a form type into text).
 fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(DEFAULT_CONTENT_TYPE.to_owned());

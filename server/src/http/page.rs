@@ -1,123 +1,190 @@
-//! The browser listing of `GET /kv`, written with maud: every key, value and
-//! cursor is escaped by construction, since maud escapes each interpolated
-//! string unless told otherwise (and this page never tells it otherwise).
+//! The pages on kv-server: the rows of the HTML listing of `GET /kv`, read
+//! from the store, and the [`Backend`] the shared pages
+//! ([`kv_edge::pages`]) read and write through. The HTML is written there,
+//! with maud.
 
-use kv_api::dump::Entry;
-use kv_api::key;
-use maud::{DOCTYPE, Markup, html};
+use std::sync::Arc;
 
-/// The longest value shown in full on the page.
-const VALUE_PREVIEW: usize = 2048;
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use kv_api::ApiError;
+use kv_api::condition::Precondition;
+use kv_api::dump::{Entry, Query};
+use kv_api::expiry::Expiry;
+use kv_api::key::MAX_KEY_BYTES;
+use kv_edge::pages::render::{self, Listing, Row};
+use kv_edge::pages::{self, Backend, Failure, Written};
 
-const STYLE: &str = concat!(
-    "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}",
-    "table{border-collapse:collapse;width:100%}",
-    "th,td{border-bottom:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}",
-    "td{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all}",
-    "th{background:#f4f4f4}.muted{color:#777}",
-);
+use super::AppState;
+use crate::store::{DeleteOutcome, PutOutcome, Scan, Store};
 
-/// The page's Content-Security-Policy: no script at all, the inline style
-/// only, forms only to this origin.
-pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'";
+/// Rows on a listing page when the query names no limit.
+pub const HTML_PAGE: usize = 100;
 
-/// The listing: a prefix filter, a table, and a link to the next page.
-pub fn html_page(entries: &[Entry], prefix: &str, limit: usize, next: Option<&str>, total_keys: Option<u64>) -> String {
-    let next_href = next.map(|next| {
-        format!(
-            "/kv?prefix={}&limit={limit}&after={}",
-            key::encode_query_component(prefix),
-            key::encode_query_component(next)
-        )
+/// The HTML listing: the folder of the prefix, its subfolders (each one
+/// row, found by skipping past it in the scan, so a folder of a million keys
+/// costs one read) and its keys, a page at a time.
+pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(HTML_PAGE);
+    let folder = render::folder_of(&query.prefix);
+    let (rows, next) = rows(
+        state.store.as_ref(),
+        &query.prefix,
+        folder,
+        query.after.as_deref(),
+        limit,
+    )?;
+    let page = render::listing(&Listing {
+        prefix: &query.prefix,
+        rows: &rows,
+        limit,
+        next: next.as_deref(),
+        paged: query.after.is_some(),
+        total_keys: state.store.len().ok(),
     });
-    let page = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "kv" }
-                style { (STYLE) }
-            }
-            body {
-                h1 { "kv" }
-                form method="get" action="/kv" {
-                    label { "Prefix " input name="prefix" value=(prefix); }
-                    " "
-                    input type="hidden" name="limit" value=(limit);
-                    button type="submit" { "Filter" }
-                }
-                p.muted {
-                    (entries.len()) " shown here"
-                    @if let Some(total) = total_keys { ", " (total) " keys stored in all" }
-                    "."
-                }
-                table {
-                    thead { tr { th { "Key" } th { "Value" } th { "Version" } } }
-                    tbody {
-                        @for entry in entries {
-                            tr {
-                                td { a href=(key::encode_path(&entry.key)) { (entry.key) } }
-                                td { (value_cell(&entry.value)) }
-                                td { (entry.version) }
-                            }
-                        }
-                    }
-                }
-                @if entries.is_empty() {
-                    p { "No keys here yet. Store one with " code { "curl -X PUT --data 'Derek Moss' http://127.0.0.1:8080/kv/name" } "." }
-                }
-                @if let Some(href) = &next_href {
-                    p { a rel="next" href=(href) { "Next page →" } }
-                }
-            }
-        }
-    };
-    // U+2028 and U+2029 end a line inside a script; as references they cannot.
-    page.into_string()
-        .replace('\u{2028}', "&#x2028;")
-        .replace('\u{2029}', "&#x2029;")
+    Ok(pages::html(StatusCode::OK, page))
 }
 
-/// A value as the table shows it: text (cut at [`VALUE_PREVIEW`]), or the
-/// size of a binary one.
-fn value_cell(value: &[u8]) -> Markup {
-    match std::str::from_utf8(value) {
-        Ok(text) if text.len() > VALUE_PREVIEW => {
-            let cut = text.floor_char_boundary(VALUE_PREVIEW);
-            html! { (&text[..cut]) span.muted { "… (" (text.len()) " bytes)" } }
+/// Up to `limit` rows after the cursor `after`, and the cursor of the next
+/// page if there are more.
+fn rows(
+    store: &dyn Store,
+    prefix: &str,
+    folder: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Row>, Option<String>), ApiError> {
+    // A cursor that is a folder row of this level resumes past the whole folder.
+    let mut after = after.map(|after| {
+        if is_folder_row(folder, after) {
+            past_folder(after)
+        } else {
+            after.to_owned()
         }
-        Ok(text) => html! { (text) },
-        Err(_) => html! { span.muted { "(" (value.len()) " bytes of binary data)" } },
+    });
+    let mut rows = Vec::new();
+    loop {
+        let want = limit + 1 - rows.len();
+        let scan = Scan {
+            prefix: prefix.to_owned(),
+            after: after.clone(),
+            limit: want,
+            // A page shows at most a preview of each value, but the scan reads
+            // them whole: bounded in bytes like a JSON page.
+            max_bytes: kv_api::dump::MAX_PAGE_BYTES,
+            keys_only: false,
+        };
+        let scanned = store.scan(&scan)?;
+        let exhausted = !scanned.more;
+        let entries = scanned.entries;
+        let mut jumped = false;
+        for entry in entries {
+            if rows.len() == limit {
+                let next = rows.last().map(|row: &Row| row.path().to_owned());
+                return Ok((rows, next));
+            }
+            let rest = &entry.key[folder.len()..];
+            if let Some(slash) = rest.find('/') {
+                let path = entry.key[..folder.len() + slash + 1].to_owned();
+                after = Some(past_folder(&path));
+                rows.push(Row::Folder(path));
+                jumped = true;
+                break;
+            }
+            after = Some(entry.key.clone());
+            rows.push(Row::Key(entry));
+        }
+        if !jumped && exhausted {
+            return Ok((rows, None));
+        }
+    }
+}
+
+/// Whether `path` is the path of a folder row directly under `folder`.
+fn is_folder_row(folder: &str, path: &str) -> bool {
+    path.strip_prefix(folder)
+        .and_then(|rest| rest.strip_suffix('/'))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// A cursor after every key under `folder`: the folder followed by more of
+/// the greatest character than any key has bytes, and still before the next
+/// name at the folder's level.
+fn past_folder(folder: &str) -> String {
+    let mut cursor = String::with_capacity(folder.len() + MAX_KEY_BYTES + 4);
+    cursor.push_str(folder);
+    while cursor.len() <= MAX_KEY_BYTES {
+        cursor.push(char::MAX);
+    }
+    cursor
+}
+
+/// The pages' reads and writes on the server: the store itself.
+#[derive(Clone)]
+pub struct StoreBackend(pub Arc<dyn Store>);
+
+impl Backend for StoreBackend {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, Failure> {
+        Ok(self.0.get(key).map_err(ApiError::from)?)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        content_type: &str,
+        precondition: Precondition,
+    ) -> Result<Written, Failure> {
+        let outcome = self
+            .0
+            // A page edits the value, not its lifetime: the key keeps its deadline.
+            .put(
+                key.to_owned(),
+                value,
+                content_type.to_owned(),
+                precondition,
+                Expiry::Keep,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(match outcome {
+            PutOutcome::Stored { revision, .. } => Written::Done(Some(revision)),
+            PutOutcome::PreconditionFailed { .. } => Written::Conflict,
+        })
+    }
+
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<Written, Failure> {
+        let outcome = self
+            .0
+            .delete(key.to_owned(), precondition)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(match outcome {
+            DeleteOutcome::Deleted { .. } => Written::Done(None),
+            DeleteOutcome::NotFound => Written::NotFound,
+            DeleteOutcome::PreconditionFailed { .. } => Written::Conflict,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use kv_api::dump::DEFAULT_CONTENT_TYPE;
-
     use super::*;
 
-    fn entry(key: &str, value: &[u8]) -> Entry {
-        Entry::new(key, value.to_vec(), DEFAULT_CONTENT_TYPE, 7)
-    }
-
     #[test]
-    fn keys_and_values_are_escaped() {
-        let page = html_page(
-            &[
-                entry("<script>alert(1)</script>", b"\"><img src=x onerror=alert(1)>"),
-                entry("line", "a\u{2028}b".as_bytes()),
-            ],
-            "\"><b>",
-            10,
-            Some("</a>"),
-            None,
+    fn folder_cursors() {
+        assert!(is_folder_row("users/", "users/alice/"));
+        assert!(!is_folder_row("users/", "users/alice"));
+        assert!(
+            !is_folder_row("users/", "users/"),
+            "the folder's own key is no subfolder"
         );
-        assert!(!page.contains("<script>alert"), "{page}");
-        assert!(!page.contains("<img"), "{page}");
-        assert!(!page.contains("<b>"), "{page}");
-        assert!(page.contains("&lt;script&gt;"), "{page}");
-        assert!(page.contains("a&#x2028;b"), "{page}");
+        assert!(!is_folder_row("users/", "users/a/b/"));
+        let past = past_folder("users/a/");
+        assert!(past.len() > MAX_KEY_BYTES);
+        let longest = format!("users/a/{}", "\u{10FFFF}".repeat((MAX_KEY_BYTES - 8) / 4));
+        assert!(past.as_str() > longest.as_str());
+        assert!(past.as_str() > "users/a/zzzz" && past.as_str() < "users/a0" && past.as_str() < "users/b");
     }
 }

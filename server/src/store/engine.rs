@@ -29,10 +29,11 @@ use kv_api::dump::Entry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::feed::{Feed, FeedLimits};
-use super::record::{self, DATA, META, REVISION};
+use super::record::{self, DATA, DEADLINES, META, REVISION};
+use super::sweep::{self, Sweep};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
-use super::{Scan, Store, StoreError, WriteOp, WriteOutcome};
+use super::{Scan, Scanned, Store, StoreError, WriteOp, WriteOutcome};
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
@@ -106,6 +107,8 @@ struct Inner {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The background removal of expired keys ([`sweep`]).
+    sweep: sweep::Handle,
 }
 
 /// State the writer thread publishes to readers.
@@ -120,6 +123,27 @@ pub(super) struct Shared {
 pub(super) enum Job {
     Write(WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>),
     Close,
+    /// Tests only: makes the writer thread panic, as a bug in it would.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Lives on the writer thread's stack: if the thread unwinds, the store is
+/// marked failed on the way out, so that `healthy()` and every later write
+/// say so instead of "shutting down".
+struct WriterAlive(Arc<Shared>);
+
+/// What the store reports once its writer thread has died.
+const WRITER_DIED: &str = "the writer thread stopped unexpectedly (a bug; its panic is in the log); \
+                           restart kv-server to recover";
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!("the writer thread panicked; refusing all writes until kv-server is restarted");
+            let _ = self.0.failure.set(WRITER_DIED.to_owned());
+        }
+    }
 }
 
 impl RedbStore {
@@ -221,10 +245,11 @@ impl RedbStore {
         let (revision, replayed) = {
             let mut data = txn.open_table(DATA).map_err(|e| engine_err(&e))?;
             let mut meta = txn.open_table(META).map_err(|e| engine_err(&e))?;
+            let mut deadlines = txn.open_table(DEADLINES).map_err(|e| engine_err(&e))?;
             let durable = meta.get(REVISION).map_err(|e| engine_err(&e))?.map_or(0, |g| g.value());
             let changes = wal.replay(durable).map_err(wal_err)?;
             for change in &changes {
-                record::apply_change(&mut data, change).map_err(|e| engine_err(&e))?;
+                record::apply_change(&mut data, &mut deadlines, change).map_err(|e| engine_err(&e))?;
             }
             let revision = changes.last().map_or(durable, Change::revision);
             meta.insert(REVISION, revision).map_err(|e| engine_err(&e))?;
@@ -254,9 +279,13 @@ impl RedbStore {
             let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
             thread::Builder::new()
                 .name("kv-writer".into())
-                .spawn(move || Writer::new(&db, &shared, wal, &options).run(jobs))
+                .spawn(move || {
+                    let _alive = WriterAlive(shared.clone());
+                    Writer::new(&db, &shared, wal, &options).run(jobs);
+                })
                 .map_err(|e| engine_err(&e))?
         };
+        let sweep = Sweep::start(Arc::downgrade(&db), queue.downgrade(), sweep::BATCH).map_err(|e| engine_err(&e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -265,6 +294,7 @@ impl RedbStore {
                 shared,
                 queue,
                 writer: Mutex::new(Some(writer)),
+                sweep,
             }),
         })
     }
@@ -284,6 +314,8 @@ impl RedbStore {
     /// Finishes the queued writes and stops the writer thread. The file itself
     /// is closed when the last handle is dropped.
     pub async fn close(&self) {
+        let sweep = self.inner.sweep.clone();
+        let _ = tokio::task::spawn_blocking(move || sweep.stop()).await;
         let _ = self.inner.queue.send(Job::Close).await;
         let writer = self.inner.writer.lock().expect("writer handle lock").take();
         if let Some(writer) = writer {
@@ -303,10 +335,11 @@ impl Store for RedbStore {
         let Some(record) = table.get(key).map_err(unavailable)? else {
             return Ok(None);
         };
-        Ok(Some(record::decode(key.to_owned(), record.value(), false)))
+        let entry = record::decode(key.to_owned(), record.value(), false);
+        Ok((!kv_api::expiry::expired(entry.expires_at, kv_api::expiry::now_ms())).then_some(entry))
     }
 
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError> {
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let start = match &scan.after {
@@ -316,19 +349,37 @@ impl Store for RedbStore {
         let range = table
             .range::<&str>((start, std::ops::Bound::Unbounded))
             .map_err(unavailable)?;
-        let mut entries = Vec::with_capacity(scan.limit.min(1024));
+        let mut scanned = Scanned {
+            entries: Vec::with_capacity(scan.limit.min(1024)),
+            more: false,
+        };
+        let mut bytes = 0usize;
+        let now = kv_api::expiry::now_ms();
         for item in range {
-            if entries.len() >= scan.limit {
-                break;
-            }
             let (key, record) = item.map_err(unavailable)?;
             let key = key.value();
             if !key.starts_with(scan.prefix.as_str()) {
                 break;
             }
-            entries.push(record::decode(key.to_owned(), record.value(), scan.keys_only));
+            if scanned.entries.len() >= scan.limit {
+                scanned.more = true;
+                break;
+            }
+            let record = record.value();
+            if record::live_version(record, now).is_none() {
+                continue;
+            }
+            let size = key.len() + if scan.keys_only { 0 } else { record.len() };
+            if !scanned.entries.is_empty() && bytes.saturating_add(size) > scan.max_bytes {
+                scanned.more = true;
+                break;
+            }
+            bytes += size;
+            scanned
+                .entries
+                .push(record::decode(key.to_owned(), record, scan.keys_only));
         }
-        Ok(entries)
+        Ok(scanned)
     }
 
     fn len(&self) -> Result<u64, StoreError> {
@@ -349,20 +400,40 @@ impl Store for RedbStore {
         if let Some(failure) = self.inner.shared.failure.get() {
             return Err(StoreError::Unavailable(failure.clone()));
         }
+        // The writer thread owns the queue's receiver: closed means it has
+        // exited (closed by `close`, or dropped as the thread died).
+        if self.inner.queue.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the writer thread has stopped; no write can be taken".into(),
+            ));
+        }
         self.read_txn().map(drop)
     }
 
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>> {
-        let queue = self.inner.queue.clone();
+        let (queue, shared) = (self.inner.queue.clone(), self.inner.shared.clone());
         async move {
             let (reply, answer) = oneshot::channel();
-            queue
-                .send(Job::Write(op, reply))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            let gone = || match shared.failure.get() {
+                Some(failure) => StoreError::Unavailable(failure.clone()),
+                None => StoreError::Closed,
+            };
+            queue.send(Job::Write(op, reply)).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+impl RedbStore {
+    /// Makes the writer thread panic, as a bug in it would, and waits for it to end.
+    pub(crate) async fn kill_writer(&self) {
+        let _ = self.inner.queue.send(Job::Panic).await;
+        let writer = self.inner.writer.lock().expect("writer handle lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
     }
 }
 
@@ -410,6 +481,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use kv_api::condition::{Condition, Precondition};
+    use kv_api::expiry::Expiry;
 
     fn put(key: &str, value: &str) -> WriteOp {
         WriteOp::Put {
@@ -417,6 +489,7 @@ mod tests {
             value: Bytes::from(value.to_owned()),
             content_type: "text/plain".into(),
             precondition: Precondition::default(),
+            expiry: Expiry::Clear,
         }
     }
 
@@ -428,14 +501,16 @@ mod tests {
             store.write(put("a", "1")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 1,
-                created: true
+                created: true,
+                expires_at: None
             }
         );
         assert_eq!(
             store.write(put("a", "2")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 2,
-                created: false
+                created: false,
+                expires_at: None
             }
         );
         let delete = WriteOp::Delete {
@@ -455,7 +530,8 @@ mod tests {
             store.write(put("b", "x")).await.unwrap(),
             WriteOutcome::Stored {
                 revision: 4,
-                created: true
+                created: true,
+                expires_at: None
             }
         );
     }
@@ -472,6 +548,7 @@ mod tests {
                 if_match: Condition::None,
                 if_none_match: Condition::Any,
             },
+            expiry: Expiry::Clear,
         };
         let results = futures_util::future::join_all((0..50).map(|i| store.write(create_only(&i.to_string())))).await;
         let stored = results
@@ -479,6 +556,150 @@ mod tests {
             .filter(|r| matches!(r, Ok(WriteOutcome::Stored { .. })))
             .count();
         assert_eq!(stored, 1, "exactly one create-if-absent may win: {results:?}");
+    }
+
+    fn put_with(key: &str, value: &str, expiry: Expiry, precondition: Precondition) -> WriteOp {
+        WriteOp::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_owned()),
+            content_type: "text/plain".into(),
+            precondition,
+            expiry,
+        }
+    }
+
+    fn put_for(key: &str, ttl: Duration) -> WriteOp {
+        put_with(key, "v", Expiry::After(ttl), Precondition::default())
+    }
+
+    #[tokio::test]
+    async fn an_expired_key_is_absent_before_and_after_the_sweep_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        store.write(put_for("short", Duration::from_millis(150))).await.unwrap();
+        store.write(put_for("long", Duration::from_secs(600))).await.unwrap();
+        store.write(put("plain", "v")).await.unwrap();
+        let deadline = store.get("short").unwrap().unwrap().expires_at.unwrap();
+        assert!(deadline > kv_api::expiry::now_ms());
+        std::thread::sleep(Duration::from_millis(160));
+        // Absent at once, whether or not the sweep got to it.
+        assert!(store.get("short").unwrap().is_none());
+        let keys: Vec<String> = store
+            .scan(&Scan {
+                prefix: String::new(),
+                after: None,
+                limit: 10,
+                max_bytes: usize::MAX,
+                keys_only: false,
+            })
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["long", "plain"]);
+        // Absent for writes: a create-only put succeeds, as a new key.
+        let create_only = Precondition {
+            if_match: Condition::None,
+            if_none_match: Condition::Any,
+        };
+        let create_only = put_with("short", "again", Expiry::Clear, create_only);
+        assert!(matches!(
+            store.write(create_only).await.unwrap(),
+            WriteOutcome::Stored { created: true, .. }
+        ));
+        // The sweep removes expired keys with revisions of their own.
+        store.write(put_for("gone", Duration::from_millis(20))).await.unwrap();
+        let before = store.revision();
+        for _ in 0..100 {
+            if store.len().unwrap() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.len().unwrap(), 3, "the sweep removed the expired key");
+        assert_eq!(store.revision(), before + 1, "one delete, one revision");
+        // Deadlines survive a reopen, counted from the write.
+        store.close().await;
+        drop(store);
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        let long = store.get("long").unwrap().unwrap();
+        assert!(long.expires_at.unwrap() - kv_api::expiry::now_ms() <= 600_000);
+        assert_eq!(store.get("plain").unwrap().unwrap().expires_at, None);
+    }
+
+    #[tokio::test]
+    async fn keepttl_keeps_touch_moves_and_a_plain_put_clears_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        store.write(put_for("k", Duration::from_secs(60))).await.unwrap();
+        let first = store.get("k").unwrap().unwrap().expires_at;
+        let keep = put_with("k", "w", Expiry::Keep, Precondition::default());
+        let WriteOutcome::Stored { expires_at, .. } = store.write(keep).await.unwrap() else {
+            panic!("not stored");
+        };
+        assert_eq!(expires_at, first);
+        let touch = |touch| WriteOp::Touch {
+            key: "k".into(),
+            touch,
+            precondition: Precondition::default(),
+        };
+        let moved = store
+            .write(touch(kv_api::expiry::Touch::After(Duration::from_secs(5))))
+            .await
+            .unwrap();
+        assert!(matches!(
+            moved,
+            WriteOutcome::Stored {
+                expires_at: Some(_),
+                created: false,
+                ..
+            }
+        ));
+        let entry = store.get("k").unwrap().unwrap();
+        assert_eq!(&entry.value[..], b"w", "the value is untouched");
+        assert!(entry.expires_at < first);
+        store.write(touch(kv_api::expiry::Touch::Persist)).await.unwrap();
+        assert_eq!(store.get("k").unwrap().unwrap().expires_at, None);
+        store.write(put_for("k", Duration::from_secs(5))).await.unwrap();
+        store.write(put("k", "x")).await.unwrap();
+        assert_eq!(
+            store.get("k").unwrap().unwrap().expires_at,
+            None,
+            "a plain put clears it"
+        );
+        let missing = WriteOp::Touch {
+            key: "nope".into(),
+            touch: kv_api::expiry::Touch::Persist,
+            precondition: Precondition::default(),
+        };
+        assert_eq!(store.write(missing).await.unwrap(), WriteOutcome::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_log_cannot_hold_is_refused_and_the_store_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        // calloc'd and never touched: the writer refuses it by its length alone.
+        let huge = WriteOp::Put {
+            key: "huge".into(),
+            value: Bytes::from(vec![0u8; wal::MAX_PAYLOAD]),
+            content_type: String::new(),
+            precondition: Precondition::default(),
+            expiry: Expiry::Clear,
+        };
+        let answer = store.write(huge).await;
+        assert!(matches!(answer, Err(StoreError::TooLarge(_))), "{answer:?}");
+        store.healthy().expect("a refused write does not fail the store");
+        assert_eq!(
+            store.write(put("after", "x")).await.unwrap(),
+            WriteOutcome::Stored {
+                revision: 1,
+                created: true,
+                expires_at: None
+            }
+        );
+        assert!(store.get("huge").unwrap().is_none());
     }
 
     #[test]

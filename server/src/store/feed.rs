@@ -53,9 +53,9 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn put(rev: u64, key: &str, value: &[u8], content_type: &str) -> Self {
-        let full = Event::put(rev, key, value, content_type, true);
-        let bare = (!full.value_omitted).then(|| json(&Event::put(rev, key, value, content_type, false)));
+    pub fn put(rev: u64, key: &str, value: &[u8], content_type: &str, expires_at: Option<u64>) -> Self {
+        let full = Event::put(rev, key, value, content_type, expires_at, true);
+        let bare = (!full.value_omitted).then(|| json(&Event::put(rev, key, value, content_type, expires_at, false)));
         Self {
             rev,
             kind: Kind::Put,
@@ -65,12 +65,12 @@ impl Record {
         }
     }
 
-    pub fn delete(rev: u64, key: &str) -> Self {
+    pub fn delete(rev: u64, key: &str, expired: bool) -> Self {
         Self {
             rev,
             kind: Kind::Delete,
             key: key.to_owned(),
-            json: json(&Event::delete(rev, key)),
+            json: json(&Event::delete(rev, key, expired)),
             bare: None,
         }
     }
@@ -273,7 +273,7 @@ mod tests {
 
     fn puts(from: u64, to: u64) -> Vec<Record> {
         (from..=to)
-            .map(|rev| Record::put(rev, &format!("k{rev}"), b"v", "text/plain"))
+            .map(|rev| Record::put(rev, &format!("k{rev}"), b"v", "text/plain", None))
             .collect()
     }
 
@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn values_are_inline_once_and_left_out_on_request() {
-        let record = Record::put(1, "k", b"hello", "text/plain");
+        let record = Record::put(1, "k", b"hello", "text/plain", None);
         assert!(std::str::from_utf8(record.json(true)).unwrap().contains("hello"));
         let bare = std::str::from_utf8(record.json(false)).unwrap();
         assert!(!bare.contains("hello") && bare.contains("\"value_omitted\":true"));

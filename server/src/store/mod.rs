@@ -9,6 +9,7 @@ pub mod engine;
 pub mod feed;
 pub mod identity;
 mod record;
+mod sweep;
 pub mod wal;
 mod writer;
 
@@ -17,6 +18,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use kv_api::condition::Precondition;
 use kv_api::dump::Entry;
+use kv_api::expiry::{Expiry, Touch};
 
 pub use self::engine::RedbStore;
 
@@ -28,18 +30,48 @@ pub enum WriteOp {
         value: Bytes,
         content_type: String,
         precondition: Precondition,
+        /// What becomes of the key's deadline.
+        expiry: Expiry,
     },
     Delete {
         key: String,
         precondition: Precondition,
     },
+    /// A new deadline (or none) for an existing key, its value unchanged: a
+    /// write with a revision of its own (`PATCH`, `EXPIRE`, `PERSIST`).
+    Touch {
+        key: String,
+        touch: Touch,
+        precondition: Precondition,
+    },
+    /// The sweep's removal of a key whose deadline `expires_at` has passed;
+    /// a no-op (`NotFound`) if the key has since been written again.
+    Expire {
+        key: String,
+        expires_at: u64,
+    },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key, .. } | Self::Touch { key, .. } | Self::Expire { key, .. } => {
+                key
+            }
+        }
+    }
 }
 
 /// What an acknowledged put did. It is returned only once the write is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// Stored at this revision; `created` when the key was new.
-    Stored { revision: u64, created: bool },
+    /// Stored at this revision; `created` when the key was new (or had
+    /// expired); `expires_at`: the key's deadline now, unix ms.
+    Stored {
+        revision: u64,
+        created: bool,
+        expires_at: Option<u64>,
+    },
     /// A precondition did not hold; nothing was written.
     PreconditionFailed { current: Option<u64> },
 }
@@ -55,11 +87,27 @@ pub enum DeleteOutcome {
     PreconditionFailed { current: Option<u64> },
 }
 
+/// What an acknowledged touch did. It is returned only once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TouchOutcome {
+    /// The key's deadline is now `expires_at`, at this revision.
+    Touched { revision: u64, expires_at: Option<u64> },
+    /// There was no such key (or it had expired); nothing was written.
+    NotFound,
+    /// A precondition did not hold; nothing was written.
+    PreconditionFailed { current: Option<u64> },
+}
+
 /// What an acknowledged write did, as the engine's one queue answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// A put stored the value at this revision; `created` when the key was new.
-    Stored { revision: u64, created: bool },
+    /// A put (or a touch) stored the value at this revision; `created` when
+    /// the key was new; `expires_at`: its deadline.
+    Stored {
+        revision: u64,
+        created: bool,
+        expires_at: Option<u64>,
+    },
     /// A delete removed the key at this revision.
     Deleted { revision: u64 },
     /// A delete found no such key; nothing was written.
@@ -69,14 +117,27 @@ pub enum WriteOutcome {
 }
 
 /// Which part of the keyspace to list, in key order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Scan {
     pub prefix: String,
     /// Start strictly after this key (a page cursor).
     pub after: Option<String>,
     pub limit: usize,
+    /// A budget in bytes of keys and values: the scan stops before the entry
+    /// that would take it over, so that the engine reads no more than a page
+    /// holds. The first entry is returned whatever its size.
+    pub max_bytes: usize,
     /// Leave values out (they come back empty).
     pub keys_only: bool,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    pub entries: Vec<Entry>,
+    /// Whether an entry of the scan's range comes after the last one (the
+    /// scan stopped at its limit or its byte budget).
+    pub more: bool,
 }
 
 /// Why the store could not do what was asked.
@@ -88,14 +149,23 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// The write is too large for the write-ahead log to hold in one record
+    /// (so it could not be replayed); it was refused, nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A key-value engine. Reads are synchronous and cheap; writes are durable
 /// (fsynced) when their future resolves, and may be batched with others.
 pub trait Store: Send + Sync + 'static {
+    /// The key's entry, `None` when there is none or it has expired (even
+    /// if the sweep has not removed it yet).
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, StoreError>;
-    /// The number of keys stored.
+    /// Live entries only: expired ones are skipped. Blocks: a scan reads
+    /// up to `scan.max_bytes` from disk, so callers on an async runtime run
+    /// it with `spawn_blocking`.
+    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError>;
+    /// The number of keys stored (expired keys the sweep has not removed yet included).
     fn len(&self) -> Result<u64, StoreError>;
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
@@ -116,16 +186,26 @@ pub trait Store: Send + Sync + 'static {
         value: Bytes,
         content_type: String,
         precondition: Precondition,
+        expiry: Expiry,
     ) -> BoxFuture<'static, Result<PutOutcome, StoreError>> {
         let op = WriteOp::Put {
             key,
             value,
             content_type,
             precondition,
+            expiry,
         };
         self.write(op)
             .map(|outcome| match outcome? {
-                WriteOutcome::Stored { revision, created } => Ok(PutOutcome::Stored { revision, created }),
+                WriteOutcome::Stored {
+                    revision,
+                    created,
+                    expires_at,
+                } => Ok(PutOutcome::Stored {
+                    revision,
+                    created,
+                    expires_at,
+                }),
                 WriteOutcome::PreconditionFailed { current } => Ok(PutOutcome::PreconditionFailed { current }),
                 other => Err(StoreError::mismatch("put", other)),
             })
@@ -142,6 +222,28 @@ pub trait Store: Send + Sync + 'static {
             })
             .boxed()
     }
+
+    fn touch(
+        &self,
+        key: String,
+        touch: Touch,
+        precondition: Precondition,
+    ) -> BoxFuture<'static, Result<TouchOutcome, StoreError>> {
+        self.write(WriteOp::Touch {
+            key,
+            touch,
+            precondition,
+        })
+        .map(|outcome| match outcome? {
+            WriteOutcome::Stored {
+                revision, expires_at, ..
+            } => Ok(TouchOutcome::Touched { revision, expires_at }),
+            WriteOutcome::NotFound => Ok(TouchOutcome::NotFound),
+            WriteOutcome::PreconditionFailed { current } => Ok(TouchOutcome::PreconditionFailed { current }),
+            other => Err(StoreError::mismatch("touch", other)),
+        })
+        .boxed()
+    }
 }
 
 impl StoreError {
@@ -152,13 +254,30 @@ impl StoreError {
     }
 }
 
+/// What a client is told when the store fails: the same words whatever the
+/// cause, which kv-server logs.
+pub const STORE_UNAVAILABLE: &str = "the store failed and refuses writes until kv-server is restarted; see its log";
+
 impl From<StoreError> for kv_api::ApiError {
     fn from(err: StoreError) -> Self {
         use kv_api::{ApiError, ErrorCode};
         match err {
+            // The cause (an OS error, a path, redb's words) goes to the log
+            // only: it means nothing to a client, and tells it about the host.
             StoreError::Unavailable(ref cause) => {
                 tracing::error!(cause = %cause, "store unavailable");
-                ApiError::new(ErrorCode::StoreUnavailable, err.to_string())
+                ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
+            }
+            StoreError::TooLarge(ref cause) => {
+                tracing::warn!(cause = %cause, "a write too large for the write-ahead log was refused");
+                ApiError::new(
+                    ErrorCode::ValueTooLarge,
+                    format!(
+                        "the write is too large for the write-ahead log to hold (values may be at most {} bytes); \
+                         it was not stored",
+                        wal::MAX_VALUE_BYTES
+                    ),
+                )
             }
             StoreError::Closed => ApiError::new(
                 ErrorCode::ShuttingDown,

@@ -13,10 +13,13 @@
 //! # Format
 //! A 4 KiB header: [`MAGIC`] and a random 32-byte key. Then records, each one
 //! group: `magic: u32 | payload length: u32 | tag: [u8; 16] | payload`, where
-//! the payload is `count: u32` changes, each `kind: u8` (1 put, 2 delete),
-//! `revision: u64`, `key length: u16`, key, and for a put `content-type
-//! length: u8`, content type, `value length: u32`, value. Integers are little
-//! endian. The tag is HMAC-SHA256 (truncated to 16 bytes) under the header's
+//! the payload is `count: u32` changes, each `kind: u8` (1 put, 2 delete,
+//! 3 put with a deadline, 4 delete of an expired key), `revision: u64`, `key
+//! length: u16`, key, for kind 3 `expires_at: u64` (unix ms), and for a put
+//! `content-type length: u8`, content type, `value length: u32`, value.
+//! Integers are little endian. Kinds 3 and 4 came with expiry: a log written
+//! before holds only 1 and 2 and replays as it always did (a log with kinds 3
+//! or 4 is not for an older kv-server, whose replay would stop at them). The tag is HMAC-SHA256 (truncated to 16 bytes) under the header's
 //! key over the length and the payload.
 //!
 //! # Why a keyed tag
@@ -55,11 +58,27 @@ const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"kvG1");
 const TAG_BYTES: usize = 16;
 /// magic, payload length, tag.
 const RECORD_HEAD: usize = 4 + 4 + TAG_BYTES;
-/// A group is at most 4096 writes of at most a few MiB each; anything larger is not a record.
-const MAX_PAYLOAD: usize = 1 << 30;
+/// The largest record payload replay reads; anything larger is not a record.
+/// [`Wal::append`] refuses to write one, so that no acknowledged write is in
+/// a record replay would drop.
+pub const MAX_PAYLOAD: usize = 1 << 30;
+/// A change's bytes in a payload besides its key: kind, revision, key length.
+const CHANGE_OVERHEAD: usize = 1 + 8 + 2;
+/// A put's bytes besides those and its content type and value: their lengths.
+const PUT_OVERHEAD: usize = 1 + 4;
+/// A deadline's bytes, in a put that has one.
+const DEADLINE_BYTES: usize = 8;
+/// The largest value one record can hold, whatever its key (at most 1024
+/// bytes) and content type (at most 255): 1023 MiB, a round figure under
+/// [`MAX_PAYLOAD`]. kv-server refuses a `--max-value-bytes` above it.
+pub const MAX_VALUE_BYTES: usize = MAX_PAYLOAD - (1 << 20);
+const _: () =
+    assert!(MAX_VALUE_BYTES + 4 + CHANGE_OVERHEAD + PUT_OVERHEAD + DEADLINE_BYTES + 1024 + 255 <= MAX_PAYLOAD);
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+const PUT_EXPIRING: u8 = 3;
+const EXPIRED: u8 = 4;
 
 /// One change a group made, as it is logged and replayed: the key's state
 /// after the write, not the request (preconditions were already decided).
@@ -70,10 +89,15 @@ pub enum Change {
         revision: u64,
         content_type: String,
         value: Bytes,
+        /// The key's deadline, unix ms.
+        expires_at: Option<u64>,
     },
     Delete {
         key: String,
         revision: u64,
+        /// Removed because its deadline passed (the sweep), not by a client:
+        /// what a change feed will report as `"reason":"expired"`.
+        expired: bool,
     },
 }
 
@@ -101,6 +125,48 @@ pub enum WalError {
          file that goes with this log"
     )]
     Gap { first: u64, durable: u64 },
+}
+
+/// Why an append was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The group's record would be larger than replay reads: nothing was
+    /// written, and the log is as it was.
+    #[error("a record of {payload} bytes is larger than the log's limit of {MAX_PAYLOAD} bytes")]
+    TooLarge { payload: usize },
+    /// Writing or syncing failed: the log is unusable (the caller fail-stops).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The most bytes a put takes in a record's payload: with a deadline, which
+/// a put learns only once the group reads the key (`keepttl`).
+pub fn put_bytes(key: &str, content_type: &str, value_len: usize) -> usize {
+    CHANGE_OVERHEAD + PUT_OVERHEAD + DEADLINE_BYTES + key.len() + content_type.len().min(255) + value_len
+}
+
+/// The bytes a delete takes in a record's payload.
+pub fn delete_bytes(key: &str) -> usize {
+    CHANGE_OVERHEAD + key.len()
+}
+
+/// The bytes one change takes in a record's payload.
+fn change_bytes(change: &Change) -> usize {
+    match change {
+        Change::Put {
+            key,
+            content_type,
+            value,
+            expires_at,
+            ..
+        } => put_bytes(key, content_type, value.len()) - if expires_at.is_some() { 0 } else { DEADLINE_BYTES },
+        Change::Delete { key, .. } => delete_bytes(key),
+    }
+}
+
+/// The payload of a record holding `changes`.
+fn payload_bytes(changes: &[Change]) -> usize {
+    4 + changes.iter().map(change_bytes).sum::<usize>()
 }
 
 /// An open log over any storage (a file in production, a simulated disk in
@@ -203,11 +269,19 @@ impl<B: StorageBackend> Wal<B> {
     }
 
     /// Appends one group's changes and syncs: when this returns `Ok`, they
-    /// survive a power loss. An error leaves the log unusable (the caller
-    /// fail-stops): the record may be partly on disk, and a retried sync could
-    /// report success for pages the kernel already dropped.
-    pub fn append(&mut self, changes: &[Change]) -> io::Result<()> {
+    /// survive a power loss. A group whose record would be over
+    /// [`MAX_PAYLOAD`] is refused before anything is written
+    /// ([`AppendError::TooLarge`]): replay would drop it. Any other error
+    /// leaves the log unusable (the caller fail-stops): the record may be
+    /// partly on disk, and a retried sync could report success for pages the
+    /// kernel already dropped.
+    pub fn append(&mut self, changes: &[Change]) -> Result<(), AppendError> {
+        let payload = payload_bytes(changes);
+        if payload > MAX_PAYLOAD {
+            return Err(AppendError::TooLarge { payload });
+        }
         encode(&self.key, changes, &mut self.buf);
+        debug_assert_eq!(self.buf.len(), RECORD_HEAD + payload);
         let end = self.end + self.buf.len() as u64;
         // Beyond the preallocated room (a group larger than the margin):
         // storage grows only by `set_len` (the backend contract redb's file
@@ -285,18 +359,22 @@ fn encode(key: &hmac::Key, changes: &[Change], out: &mut Vec<u8>) {
                 revision,
                 content_type,
                 value,
+                expires_at,
             } => {
-                out.push(PUT);
+                out.push(if expires_at.is_some() { PUT_EXPIRING } else { PUT });
                 out.extend_from_slice(&revision.to_le_bytes());
                 put_key(out, key);
+                if let Some(at) = expires_at {
+                    out.extend_from_slice(&at.to_le_bytes());
+                }
                 let content_type = &content_type.as_bytes()[..content_type.len().min(255)];
                 out.push(content_type.len() as u8);
                 out.extend_from_slice(content_type);
                 out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                 out.extend_from_slice(value);
             }
-            Change::Delete { key, revision } => {
-                out.push(DELETE);
+            Change::Delete { key, revision, expired } => {
+                out.push(if *expired { EXPIRED } else { DELETE });
                 out.extend_from_slice(&revision.to_le_bytes());
                 put_key(out, key);
             }
@@ -329,7 +407,12 @@ fn decode(payload: &[u8]) -> Option<Vec<Change>> {
         let key_len = usize::from(cursor.u16()?);
         let key = String::from_utf8(cursor.take(key_len)?.to_vec()).ok()?;
         let change = match kind {
-            PUT => {
+            PUT | PUT_EXPIRING => {
+                let expires_at = if kind == PUT_EXPIRING {
+                    Some(cursor.u64()?)
+                } else {
+                    None
+                };
                 let type_len = usize::from(cursor.take(1)?[0]);
                 // Lossy: the HTTP layer admits only printable ASCII, and a record
                 // whose tag checks out must never be dropped over its content type.
@@ -341,9 +424,14 @@ fn decode(payload: &[u8]) -> Option<Vec<Change>> {
                     revision,
                     content_type,
                     value,
+                    expires_at,
                 }
             }
-            DELETE => Change::Delete { key, revision },
+            DELETE | EXPIRED => Change::Delete {
+                key,
+                revision,
+                expired: kind == EXPIRED,
+            },
             _ => return None,
         };
         if changes
@@ -394,6 +482,7 @@ mod tests {
             revision,
             content_type: "text/plain".into(),
             value: Bytes::from(value.to_owned()),
+            expires_at: None,
         }
     }
 
@@ -441,6 +530,7 @@ mod tests {
             vec![Change::Delete {
                 key: "key/2".into(),
                 revision: 4,
+                expired: false,
             }],
             group(5..=5),
         ]);
@@ -449,6 +539,67 @@ mod tests {
         assert_eq!(changes[1], put(2, "vv"));
         assert_eq!(revisions(&reopen(&bytes).replay(3).unwrap()), [4, 5]);
         assert!(reopen(&bytes).replay(5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deadlines_and_expiry_deletes_are_logged() {
+        let expiring = Change::Put {
+            key: "session".into(),
+            revision: 1,
+            content_type: "text/plain".into(),
+            value: Bytes::from_static(b"v"),
+            expires_at: Some(1_700_000_000_123),
+        };
+        let swept = Change::Delete {
+            key: "session".into(),
+            revision: 2,
+            expired: true,
+        };
+        let (_, bytes) = log_with(&[vec![expiring.clone(), swept.clone()], group(3..=3)]);
+        assert_eq!(reopen(&bytes).replay(0).unwrap(), [expiring, swept, put(3, "vvv")]);
+    }
+
+    #[test]
+    fn a_log_from_before_expiry_replays() {
+        // One record as the previous version wrote it: a put (kind 1) of
+        // "k" = "v" at revision 1, and a delete (kind 2) of "k" at revision 2.
+        let mut payload = 2u32.to_le_bytes().to_vec();
+        payload.push(1);
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&1u16.to_le_bytes());
+        payload.extend_from_slice(b"k");
+        payload.push(10);
+        payload.extend_from_slice(b"text/plain");
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(b"v");
+        payload.push(2);
+        payload.extend_from_slice(&2u64.to_le_bytes());
+        payload.extend_from_slice(&1u16.to_le_bytes());
+        payload.extend_from_slice(b"k");
+        let (wal, mut bytes) = log_with(&[]);
+        let mut record = RECORD_MAGIC.to_le_bytes().to_vec();
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&sign(&wal.key, &record[4..8], &payload));
+        record.extend_from_slice(&payload);
+        bytes.extend_from_slice(&record);
+        let changes = reopen(&bytes).replay(0).unwrap();
+        assert_eq!(
+            changes,
+            [
+                Change::Put {
+                    key: "k".into(),
+                    revision: 1,
+                    content_type: "text/plain".into(),
+                    value: Bytes::from_static(b"v"),
+                    expires_at: None,
+                },
+                Change::Delete {
+                    key: "k".into(),
+                    revision: 2,
+                    expired: false,
+                }
+            ]
+        );
     }
 
     #[test]
@@ -512,6 +663,48 @@ mod tests {
             Err(WalError::Gap { first: 5, durable: 3 })
         ));
         assert_eq!(revisions(&reopen(&bytes).replay(4).unwrap()), [5, 6]);
+    }
+
+    #[test]
+    fn an_append_replay_would_drop_is_refused_before_anything_is_written() {
+        let (mut wal, before) = log_with(&[group(1..=2)]);
+        // calloc'd and never touched: the refusal must come before encoding.
+        let huge = |revision, len| Change::Put {
+            key: format!("big/{revision}"),
+            revision,
+            content_type: "application/octet-stream".into(),
+            value: Bytes::from(vec![0u8; len]),
+            expires_at: None,
+        };
+        // One value over the limit, and a group of two that is over it together.
+        let groups = [
+            vec![huge(3, MAX_PAYLOAD)],
+            vec![huge(3, MAX_PAYLOAD / 2), huge(4, MAX_PAYLOAD / 2)],
+        ];
+        for changes in &groups {
+            match wal.append(changes) {
+                Err(AppendError::TooLarge { payload }) => {
+                    eprintln!("append refused: a record of {payload} bytes, limit {MAX_PAYLOAD}");
+                    assert!(payload > MAX_PAYLOAD);
+                }
+                other => panic!("an oversize record must be refused, not {other:?}"),
+            }
+            let mut after = image(&wal.storage);
+            after.truncate(wal.end as usize);
+            assert_eq!(after, before, "nothing was written");
+        }
+        // The largest value a record holds, with the longest key and content
+        // type, is accepted: its size is computed exactly as it is encoded.
+        let largest = vec![Change::Put {
+            key: "k".repeat(1024),
+            revision: 3,
+            content_type: "t".repeat(255),
+            value: Bytes::from(vec![0u8; MAX_VALUE_BYTES]),
+            expires_at: Some(u64::MAX),
+        }];
+        assert!(payload_bytes(&largest) <= MAX_PAYLOAD);
+        wal.append(&group(3..=3)).unwrap();
+        assert_eq!(revisions(&reopen(&image(&wal.storage)).replay(0).unwrap()), [1, 2, 3]);
     }
 
     #[test]
