@@ -144,6 +144,26 @@ impl Browser {
         }
     }
 
+    /// Waits (up to 10 s) until the element's text is `want`, for a page
+    /// that changes by itself (the live listing); panics with what it shows.
+    async fn wait_text(&self, css: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.text().await.unwrap_or_default(),
+                Err(_) => String::from("(no such element)"),
+            };
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} shows {now:?} after 10 s, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.expect("find_all").len()
     }
@@ -466,6 +486,91 @@ async fn through_the_proxy_an_edit_shows_at_once() {
         b.click("#confirm-delete button").await;
         assert_eq!(api_value(&base, "color").await, None);
         assert_eq!(api_value(&direct, "color").await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_listing_is_live_through_another_proxy() {
+    let server = Server::start();
+    let writer = Proxy::start(&server.url, &[]);
+    let reader = Proxy::start(&server.url, &[]);
+    let (a, b) = (writer.url.clone(), reader.url.clone());
+    put(&a, "color", "red", None).await;
+    put(&a, "doomed", "x", None).await;
+
+    in_browser("the_listing_is_live_through_another_proxy", |browser| async move {
+        browser.open(&format!("{b}/kv")).await;
+        browser.wait_text("#live", "live").await;
+        // A mark on the page, which a reload would wipe.
+        browser
+            .client
+            .execute("document.body.dataset.kept = 'yes'; return true;", vec![])
+            .await
+            .expect("mark the page");
+        browser.shot("live-before").await;
+
+        // Writes through proxy A, and one straight to the server.
+        put(&a, "color", "blue", None).await;
+        put(&a, "fresh", "new key", None).await;
+        put(&a, "users/alice", "in a folder", None).await;
+        let deleted = client()
+            .delete(format!("{}/kv/doomed", server.url))
+            .send()
+            .await
+            .expect("a DELETE");
+        assert_eq!(deleted.status(), 204);
+
+        browser.wait_text(r#"tr[data-key="color"] td.value"#, "blue").await;
+        browser.wait_text(r#"tr[data-key="fresh"] td.value"#, "new key").await;
+        browser.wait_text(r#"tr[data-path="users/"] td a"#, "📁 users/").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while browser.count(r#"tr[data-key="doomed"]"#).await > 0 {
+            assert!(Instant::now() < deadline, "the deleted key's row is still shown");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Rows stay in key order, and the new key links to its page.
+        let order = browser
+            .client
+            .execute(
+                "return Array.from(document.querySelectorAll('#listing tbody tr'))\
+                 .map(r => r.dataset.key || r.dataset.path).join(' ');",
+                vec![],
+            )
+            .await
+            .expect("the rows");
+        assert_eq!(order, serde_json::json!("color fresh users/"));
+        assert_eq!(
+            browser
+                .find(r#"tr[data-key="fresh"] a"#)
+                .await
+                .attr("href")
+                .await
+                .unwrap(),
+            Some("/ui/kv/fresh".to_owned())
+        );
+        let kept = browser
+            .client
+            .execute("return document.body.dataset.kept || null;", vec![])
+            .await
+            .expect("read the mark");
+        assert_eq!(
+            kept,
+            serde_json::json!("yes"),
+            "the page was reloaded, not updated in place"
+        );
+        assert_eq!(browser.text("#counts").await, "1 folder and 2 keys on this page.");
+        browser.shot("live-after").await;
+
+        // The row's version is the write's: an older event cannot undo it.
+        let version = browser
+            .find(r#"tr[data-key="color"]"#)
+            .await
+            .attr("data-version")
+            .await
+            .unwrap()
+            .expect("a version");
+        assert!(version.parse::<u64>().unwrap() >= 3, "{version}");
     })
     .await;
 }

@@ -477,8 +477,9 @@ async fn a_mass_expiry_does_not_stall_writes() {
         baseline.len(),
         during.len(),
     );
-    // A stall would show as seconds; the bound is generous for a shared machine.
-    assert!(p99 < 250.0, "writes stalled during the mass expiry: p99 {p99:.1} ms");
+    // A stall would show as seconds; the bound only catches that (the figure
+    // itself is printed above, and measured on a quiet machine for the README).
+    assert!(p99 < 1_000.0, "writes stalled during the mass expiry: p99 {p99:.1} ms");
     assert!(
         client()
             .get(format!("{url}/kv/mass/0000000"))

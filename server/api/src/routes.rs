@@ -20,13 +20,15 @@ pub const UI_DOWNLOAD: &str = "/ui/download/{*key}";
 pub const UI_LOGIN: &str = "/ui/login";
 /// `POST`: forgets the cookie.
 pub const UI_LOGOUT: &str = "/ui/logout";
+/// `GET`: the live listing's script (the only script the pages run).
+pub const UI_LIVE_JS: &str = "/ui/live.js";
 /// The path prefix of every page route.
 pub const UI_PREFIX: &str = "/ui/";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.yaml";
 
 /// Every route, as metrics label them; anything else is counted as "other".
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     DUMP,
     EMPTY_KEY,
     KEY,
@@ -38,6 +40,7 @@ pub const ALL: [&str; 11] = [
     UI_DOWNLOAD,
     UI_LOGIN,
     UI_LOGOUT,
+    UI_LIVE_JS,
 ];
 
 /// The OpenAPI document, the contract of both kv-server and kv-proxy.

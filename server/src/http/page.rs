@@ -28,6 +28,9 @@ pub const HTML_PAGE: usize = 100;
 pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(HTML_PAGE);
     let folder = render::folder_of(&query.prefix);
+    // Before the scan: the live page follows the feed from here, so a write
+    // racing the scan is applied (or skipped, if the scan saw it) by version.
+    let revision = state.store.revision();
     let (rows, next) = rows(
         state.store.as_ref(),
         &query.prefix,
@@ -40,8 +43,9 @@ pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiEr
         rows: &rows,
         limit,
         next: next.as_deref(),
-        paged: query.after.is_some(),
+        after: query.after.as_deref(),
         total_keys: state.store.len().ok(),
+        revision: Some(revision),
     });
     Ok(pages::html(StatusCode::OK, page))
 }

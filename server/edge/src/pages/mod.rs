@@ -124,6 +124,33 @@ where
                 .post(move |request: Request| async move { p6.login(request).await }),
         )
         .route(routes::UI_LOGOUT, post(logout))
+        .route(routes::UI_LIVE_JS, get(live_js))
+}
+
+/// The live listing's script: static, so a browser may keep it while it
+/// revalidates (`no-cache` with an `ETag` of the build's script).
+async fn live_js(headers: HeaderMap) -> Response {
+    static ETAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        render::LIVE_JS.hash(&mut hasher);
+        format!("\"{:016x}\"", hasher.finish())
+    });
+    let etag = HeaderValue::from_str(&ETAG).expect("a hex ETag is a valid header value");
+    let mut response = if headers.get(header::IF_NONE_MATCH) == Some(&etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, render::LIVE_JS).into_response()
+    };
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    out.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    out.insert(header::ETAG, etag);
+    response
 }
 
 /// The form fields any page posts.

@@ -32,14 +32,22 @@ const STYLE: &str = concat!(
     "button.delete{color:#cf222e}",
     "section{margin:1.2rem 0}.row{display:flex;gap:1rem}.row div.side{flex:1;min-width:0}",
     "form.inline{display:inline}",
+    "tr.changed{background:#fff8c5}tr{transition:background .8s}",
 );
 
-/// The Content-Security-Policy of every page: no script at all (the change
-/// feed's live listing will add `script-src 'self'` for a file the program
-/// serves itself, never an inline one), the inline style only, forms only
-/// to this origin, and no framing (a delete button cannot be clickjacked).
-pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-                       base-uri 'none'; frame-ancestors 'none'";
+/// The Content-Security-Policy of every page: scripts only from files the
+/// program serves itself (the live listing's [`LIVE_JS`]), never inline, so
+/// markup in a key or value could not run even if it escaped; fetches
+/// (the listing's change feed) only to this origin; the inline style only;
+/// forms only to this origin; and no framing (a delete button cannot be
+/// clickjacked).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+                       style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; \
+                       frame-ancestors 'none'";
+
+/// The live listing's script, served at [`kv_api::routes::UI_LIVE_JS`]: it
+/// applies the change feed to the listing's rows.
+pub const LIVE_JS: &str = include_str!("live.js");
 
 /// The listing page of a folder.
 pub fn listing_href(prefix: &str) -> String {
@@ -91,9 +99,12 @@ pub struct Listing<'a> {
     pub limit: usize,
     /// The cursor of the next page, if there is one.
     pub next: Option<&'a str>,
-    /// Whether this page starts after a cursor.
-    pub paged: bool,
+    /// The cursor this page starts after, if any.
+    pub after: Option<&'a str>,
     pub total_keys: Option<u64>,
+    /// The store revision the rows were read at (read before the scan). With
+    /// it the page goes live: [`LIVE_JS`] follows the change feed from there.
+    pub revision: Option<u64>,
 }
 
 /// The listing: breadcrumbs, the prefix filter, folders and keys, paging,
@@ -119,22 +130,26 @@ pub fn listing(listing: &Listing<'_>) -> String {
             @if !listing.prefix.is_empty() { " " a href="/kv" { "Clear" } }
         }
         p.muted id="counts" {
-            (count(folders, "folder")) " and " (count(keys, "key")) " on this page"
-            @if listing.paged { " (not the first)" }
-            @if let Some(total) = listing.total_keys { "; " (count(total as usize, "key")) " stored in all" }
+            span id="counts-page" { (count(folders, "folder")) " and " (count(keys, "key")) " on this page" }
+            @if listing.after.is_some() { " (not the first)" }
+            @if let Some(total) = listing.total_keys { span id="total" { "; " (count(total as usize, "key")) " stored in all" } }
             "."
         }
-        table id="listing" {
+        @if listing.revision.is_some() {
+            p.muted { "This listing follows changes as they happen: " span id="live" { "connecting…" } }
+        }
+        table id="listing" data-rev=[listing.revision] data-prefix=(listing.prefix) data-folder=(folder)
+            data-after=[listing.after] data-next=[listing.next] data-preview=(VALUE_PREVIEW) {
             thead { tr { th { "Key" } th { "Value" } th { "Version" } } }
             tbody {
                 @for row in listing.rows {
                     @match row {
-                        Row::Folder(path) => tr.folder {
+                        Row::Folder(path) => tr.folder data-path=(path) {
                             td { a href=(listing_href(path)) { "📁 " (relative(folder, path)) } }
                             td.muted { "folder" }
                             td {}
                         },
-                        Row::Key(entry) => tr.key {
+                        Row::Key(entry) => tr.key data-key=(entry.key) data-version=(entry.version) {
                             td { a href=(page_href(&entry.key)) { (relative(folder, &entry.key)) } }
                             td.value { (value_cell(entry)) }
                             td { (entry.version) }
@@ -144,7 +159,7 @@ pub fn listing(listing: &Listing<'_>) -> String {
             }
         }
         @if listing.rows.is_empty() {
-            p {
+            p id="empty" {
                 @if listing.prefix.is_empty() { "No keys here yet. " } @else { "No keys start with this prefix. " }
                 "Create one below, or with "
                 code { "curl -X PUT --data 'Derek Moss' http://127.0.0.1:8080/kv/name" } "."
@@ -156,6 +171,9 @@ pub fn listing(listing: &Listing<'_>) -> String {
         section {
             h2 { "New key" }
             (create_form(folder, ""))
+        }
+        @if listing.revision.is_some() {
+            script src=(kv_api::routes::UI_LIVE_JS) defer {}
         }
     };
     layout("kv", crumbs(folder, None), body)
@@ -591,8 +609,9 @@ mod tests {
             rows: &rows,
             limit: 10,
             next: Some("</a>"),
-            paged: false,
+            after: None,
             total_keys: None,
+            revision: Some(3),
         });
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("<img"), "{page}");
