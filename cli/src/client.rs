@@ -137,6 +137,43 @@ impl Client {
         Ok(version)
     }
 
+    /// Sends one batch (`POST /kv`, NDJSON) and returns what it did. On an
+    /// error answer, the error and the server's account of it (the line it is
+    /// about, and what the lines before it did) when it gave one.
+    pub async fn batch(
+        &self,
+        body: Bytes,
+    ) -> Result<kv_api::batch::Summary, (CliError, Option<kv_api::batch::BatchError>)> {
+        let request = self
+            .http
+            .post(format!("{}{}", self.base, kv_api::routes::DUMP))
+            .header(header::CONTENT_TYPE, kv_api::batch::CONTENT_TYPE)
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(body);
+        let response = self.send(request).await.map_err(|err| (err, None))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| (self.unreachable(&e), None))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|err| {
+                let message = format!("{} answered a batch with something else than its summary: {err}", self.base);
+                (CliError::Server(message), None)
+            });
+        }
+        let refused = serde_json::from_slice::<kv_api::batch::BatchError>(&body).ok();
+        let message = refused
+            .as_ref()
+            .map_or_else(|| format!("{} answered {status}", self.base), |r| r.message.clone());
+        let err = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CliError::Unauthorized(message),
+            s if s.is_client_error() => CliError::Usage(message),
+            _ => CliError::Server(message),
+        };
+        Err((err, refused))
+    }
+
     /// The time `key` has left: `None` when there is no such key,
     /// `Some(None)` when it has no deadline.
     pub async fn ttl(&self, key: &str) -> Result<Option<Option<Duration>>, CliError> {

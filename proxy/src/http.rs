@@ -34,7 +34,7 @@ pub struct ProxyState {
 
 pub fn app(state: ProxyState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
-        .route(routes::DUMP, get(dump))
+        .route(routes::DUMP, get(dump).post(batch))
         .route(
             routes::EMPTY_KEY,
             get(get_key).put(put_key).patch(patch_key).delete(delete_key),
@@ -193,6 +193,47 @@ async fn delete_key(
         .write(Method::DELETE, &key, None, &headers, bytes::Bytes::new())
         .await?;
     Ok(relayed_response(passed))
+}
+
+/// A batch (`POST /kv`, NDJSON): streamed upstream as it arrives, within the
+/// same bound as on the server ([`kv_api::batch::max_body_bytes`] of the
+/// proxy's `--max-value-bytes`); every key it names is invalidated before the
+/// answer is relayed ([`Service::batch`]).
+async fn batch(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
+    let limit = kv_api::batch::max_body_bytes(state.max_value_bytes);
+    let (parts, body) = request.into_parts();
+    let length = match parts.headers.get(header::CONTENT_LENGTH) {
+        Some(length) => {
+            let length: u64 = length
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
+            if length > limit as u64 {
+                return Err(ApiError::new(
+                    ErrorCode::ValueTooLarge,
+                    format!("a batch body may be at most {limit} bytes; split it into several POSTs"),
+                )
+                .into());
+            }
+            Some(length)
+        }
+        None if parts.version < axum::http::Version::HTTP_2
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING) =>
+        {
+            return Err(ApiError::new(
+                ErrorCode::LengthRequired,
+                "a batch (POST /kv) needs a Content-Length header (or chunked transfer encoding)",
+            )
+            .into());
+        }
+        None => None,
+    };
+    match state.service.batch(&parts.headers, body, length, limit).await {
+        Ok(passed) => Ok(relayed_response(passed)),
+        Err(crate::service::BatchFailure::Client(err)) => Err(err.into()),
+        Err(crate::service::BatchFailure::Upstream(err)) => Err(err.into()),
+    }
 }
 
 /// DUMP is never cached: the upstream's answer streams through as it comes.

@@ -318,6 +318,179 @@ impl Service {
     }
 }
 
+/// Why a batch through the proxy failed without an upstream answer to relay.
+#[derive(Debug)]
+pub enum BatchFailure {
+    /// The client's body was refused (too large, too slow, over the budget).
+    Client(kv_api::ApiError),
+    /// No usable answer came from the upstream.
+    Upstream(UpstreamError),
+}
+
+/// The keys a batch body named, as it streamed through.
+#[derive(Debug, Default)]
+struct BatchKeys {
+    keys: Vec<String>,
+    /// A line (not blank) whose key could not be read: the server would
+    /// refuse it, but should it have written it, the proxy cannot say which
+    /// key changed, and flushes its cache.
+    unparsed: bool,
+    /// The body went wrong on the client's side.
+    refused: Option<kv_api::ApiError>,
+}
+
+impl BatchKeys {
+    fn line(&mut self, line: &[u8]) {
+        if kv_api::batch::is_blank(line) {
+            return;
+        }
+        match kv_api::batch::line_key(line) {
+            Some(key) => self.keys.push(key),
+            None => self.unparsed = true,
+        }
+    }
+}
+
+impl Service {
+    /// Forwards a batch (`POST /kv`, NDJSON), streaming its body upstream as
+    /// it arrives while reading the key of every line, and, once the upstream
+    /// has answered, makes sure no older value of any of those keys is served
+    /// from here again (read-your-writes): on a 2xx each is invalidated below
+    /// the batch's `X-Kv-Revision`; on a 5xx or no answer each is invalidated
+    /// and marked uncertain; a 4xx wrote nothing (the server checks every line
+    /// before it writes any).
+    ///
+    /// Like [`Service::write`], the upstream call and the invalidation run in
+    /// a task of their own, so a client that goes away cannot skip them.
+    pub async fn batch(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+        length: Option<u64>,
+        limit: usize,
+    ) -> Result<Relayed, BatchFailure> {
+        let (this, headers) = (self.clone(), headers.clone());
+        let task = tokio::spawn(async move { this.batch_through(&headers, body, length, limit).await });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(BatchFailure::Upstream(UpstreamError::Unavailable {
+                upstream: self.upstream.upstream().to_owned(),
+                cause: format!("the batch was cancelled: {err}"),
+            })),
+        }
+    }
+
+    async fn batch_through(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+        length: Option<u64>,
+        limit: usize,
+    ) -> Result<Relayed, BatchFailure> {
+        use futures_util::StreamExt as _;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+        let reader = tokio::spawn(async move {
+            let mut found = BatchKeys::default();
+            let mut partial: Vec<u8> = Vec::new();
+            let mut received = 0usize;
+            let mut stream = body.into_data_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(err) => {
+                        found.refused = Some(kv_edge::request::body_error(&err));
+                        let _ = sender.send(Err(std::io::Error::other("the client's body failed"))).await;
+                        return found;
+                    }
+                };
+                received += chunk.len();
+                if received > limit {
+                    found.refused = Some(kv_api::ApiError::new(
+                        kv_api::ErrorCode::ValueTooLarge,
+                        format!("a batch body may be at most {limit} bytes; split it into several POSTs"),
+                    ));
+                    let _ = sender.send(Err(std::io::Error::other("the batch is too large"))).await;
+                    return found;
+                }
+                let mut rest = &chunk[..];
+                while let Some(at) = rest.iter().position(|b| *b == b'\n') {
+                    if partial.is_empty() {
+                        found.line(&rest[..at]);
+                    } else {
+                        partial.extend_from_slice(&rest[..at]);
+                        found.line(&partial);
+                        partial.clear();
+                    }
+                    rest = &rest[at + 1..];
+                }
+                partial.extend_from_slice(rest);
+                if sender.send(Ok(chunk)).await.is_err() {
+                    // The upstream request ended (an early answer, or it failed).
+                    return found;
+                }
+            }
+            found.line(&partial);
+            found
+        });
+        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        let result = self
+            .upstream
+            .batch(headers, reqwest::Body::wrap_stream(stream), length)
+            .await;
+        let found = match reader.await {
+            Ok(found) => found,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Cancelled: the runtime is going away. Nothing known of the keys.
+            Err(_) => BatchKeys {
+                unparsed: true,
+                ..BatchKeys::default()
+            },
+        };
+        let answer = result.as_ref().ok().map(|relayed| (relayed.status, relayed.revision()));
+        let after = match answer {
+            Some((status, revision)) if status.is_success() => AfterWrite::Invalidate(revision),
+            // The server checks every line before it writes any: a 4xx wrote nothing.
+            Some((status, _)) if status.is_client_error() => AfterWrite::Nothing,
+            Some(_) | None => AfterWrite::Uncertain,
+        };
+        if result.is_err() {
+            self.counters.upstream_errors.inc();
+        }
+        let revision = match after {
+            AfterWrite::Nothing => None,
+            AfterWrite::Invalidate(revision) => Some(revision),
+            AfterWrite::Uncertain => {
+                if found.unparsed || found.keys.len() > MAX_UNCERTAIN_KEYS / 10 {
+                    self.uncertain.mark_all();
+                } else {
+                    for key in &found.keys {
+                        self.uncertain.mark(key);
+                    }
+                }
+                Some(None)
+            }
+        };
+        if let Some(revision) = revision {
+            if found.unparsed {
+                tracing::warn!("a batch with a line whose key could not be read may have written; flushing the cache");
+                self.cache.flush();
+            }
+            for key in &found.keys {
+                self.cache.invalidate(key, revision).await;
+            }
+        }
+        match (result, found.refused) {
+            // The client's own failure is the answer, whatever the upstream said of the cut body.
+            (_, Some(refused)) => Err(BatchFailure::Client(refused)),
+            (Ok(relayed), None) => Ok(relayed),
+            (Err(err), None) => Err(BatchFailure::Upstream(err)),
+        }
+    }
+}
+
 /// The most keys remembered as uncertain; past it, every key is.
 const MAX_UNCERTAIN_KEYS: usize = 10_000;
 
@@ -386,6 +559,13 @@ impl Uncertain {
         } else {
             state.until.insert(key.to_owned(), until);
         }
+    }
+
+    /// Every key is uncertain for the window (a batch of many keys failed).
+    fn mark_all(&self) {
+        let until = Instant::now() + self.window;
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.all_until = Some(state.all_until.map_or(until, |all| all.max(until)));
     }
 
     fn contains(&self, key: &str) -> bool {

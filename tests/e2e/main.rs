@@ -2,6 +2,7 @@
 //! HTTP, telnet and the command line as users do. One test binary, one
 //! module per area (ripgrep's layout).
 
+mod batch;
 mod browser;
 mod cli;
 mod consistency;

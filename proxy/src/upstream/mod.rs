@@ -101,9 +101,17 @@ const FORWARDED_HEADERS: [HeaderName; 4] = [
 /// retry of a GET in [`Upstream::read`].)
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The longest a batch (`POST /kv`) may take upstream, on top of
+/// `--upstream-timeout`: its body streams through as the client sends it,
+/// which the edge bounds by its default `--request-timeout`.
+pub const BATCH_BODY_TIME: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
+    /// For batches: no read timeout (a batch's answer comes only after its
+    /// whole body has streamed through and been written), a total one instead.
+    batch_client: reqwest::Client,
     base: String,
     timeout: Duration,
     token: Option<HeaderValue>,
@@ -124,13 +132,17 @@ impl Upstream {
                 "--upstream '{upstream}' must be a base URL such as http://127.0.0.1:7000, without a path"
             ));
         }
-        let builder = kv_edge::client::builder(&url, ca_file, "--upstream-ca-file")?
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .read_timeout(timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http1_only();
-        let client = kv_edge::client::build(builder)?;
+        let builder = || {
+            Ok::<_, String>(
+                kv_edge::client::builder(&url, ca_file, "--upstream-ca-file")?
+                    .connect_timeout(timeout.min(Duration::from_secs(2)))
+                    .pool_max_idle_per_host(1024)
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .http1_only(),
+            )
+        };
+        let client = kv_edge::client::build(builder()?.read_timeout(timeout))?;
+        let batch_client = kv_edge::client::build(builder()?)?;
         let token = token
             .map(|t| {
                 HeaderValue::from_str(&format!("Bearer {t}"))
@@ -139,6 +151,7 @@ impl Upstream {
             .transpose()?;
         Ok(Self {
             client,
+            batch_client,
             base,
             timeout,
             token,
@@ -238,6 +251,42 @@ impl Upstream {
             request = request.header(header::CONTENT_LENGTH, body.len());
         }
         let response = request.body(body).send().await.map_err(|e| self.error(e))?;
+        self.collect(response).await
+    }
+
+    /// Sends a batch (`POST /kv`), its body streamed as it comes, and returns
+    /// the upstream's answer. `length`: the client's `Content-Length`, passed
+    /// on (otherwise the body goes chunked).
+    pub async fn batch(
+        &self,
+        headers: &HeaderMap,
+        body: reqwest::Body,
+        length: Option<u64>,
+    ) -> Result<Relayed, UpstreamError> {
+        let timeout = self.timeout + BATCH_BODY_TIME;
+        let mut request = self
+            .batch_client
+            .post(format!("{}{}", self.base, kv_api::routes::DUMP))
+            .timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, token);
+        }
+        if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        if let Some(length) = length {
+            request = request.header(header::CONTENT_LENGTH, length);
+        }
+        let response = request.body(body).send().await.map_err(|err| {
+            if err.is_timeout() {
+                UpstreamError::Timeout {
+                    upstream: self.base.clone(),
+                    timeout,
+                }
+            } else {
+                self.error(err)
+            }
+        })?;
         self.collect(response).await
     }
 

@@ -9,6 +9,7 @@
 //! - [`error`]: [`ErrorCode`](error::ErrorCode), every error code with its status, and the JSON body.
 //! - [`condition`]: ETags, `If-Match` / `If-None-Match`, the revision headers.
 //! - [`expiry`]: per-key deadlines on the wire: `ttl`, `X-Kv-Expires-In`, `expires_at`.
+//! - [`batch`]: the batch write (`POST /kv`, NDJSON): its lines, limits and answer.
 //! - [`dump`]: the stored pair, the NDJSON item and the JSON page, `Accept` negotiation.
 //! - [`feed`]: the change feed's events, its query, SSE framing.
 //! - [`quote`]: Redis-style quoting for line-oriented output.
@@ -19,6 +20,7 @@
 //! - [`stats`]: the names of the proxy's figures.
 //! - [`routes`]: the route table and the embedded `openapi.yaml`.
 
+pub mod batch;
 pub mod command;
 pub mod condition;
 pub mod dump;

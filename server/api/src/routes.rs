@@ -2,7 +2,7 @@
 //! kv-server and kv-proxy are built from these, metrics label requests with
 //! them, and a test checks both routers against `openapi.yaml`.
 
-/// DUMP: `GET /kv`.
+/// DUMP: `GET /kv`; the batch write: `POST /kv` (NDJSON).
 pub const DUMP: &str = "/kv";
 /// `/kv/` with no key: routed so that it answers `bad_key`, not `no_route`.
 pub const EMPTY_KEY: &str = "/kv/";

@@ -26,7 +26,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-/// Reads a PUT body, refusing it as soon as it is known to be too large.
+/// Reads a PUT (or batch) body, refusing it as soon as it is known to be too large.
 pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(length) => {
@@ -43,7 +43,7 @@ pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit:
         None if version < Version::HTTP_2 && !headers.contains_key(header::TRANSFER_ENCODING) => {
             return Err(ApiError::new(
                 ErrorCode::LengthRequired,
-                "a PUT needs a Content-Length header (or chunked transfer encoding)",
+                "a PUT or a batch (POST /kv) needs a Content-Length header (or chunked transfer encoding)",
             ));
         }
         None => {}
@@ -51,20 +51,24 @@ pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit:
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        // The edge's refusal arrives wrapped in the body's own error type: look down the chain.
-        Err(err) if let Some(refused) = refusal(&*err) => Err(match refused {
-            BodyRefused::Deadline => ApiError::new(
-                ErrorCode::RequestTimeout,
-                "the request body did not arrive in time (--request-timeout)",
-            ),
-            BodyRefused::OverBudget => ApiError::new(
-                ErrorCode::TooManyBytesInFlight,
-                "request bodies in flight already hold the limit (--max-inflight-bytes); retry shortly",
-            ),
-        }),
-        Err(err) => Err(ApiError::bad_request(format!(
-            "the request body could not be read: {err}"
-        ))),
+        Err(err) => Err(body_error(&*err)),
+    }
+}
+
+/// The answer for a request body that could not be read: the edge's refusal
+/// (408 past `--request-timeout`, 503 over `--max-inflight-bytes`), or 400.
+pub fn body_error(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    // The edge's refusal arrives wrapped in the body's own error type: look down the chain.
+    match refusal(err) {
+        Some(BodyRefused::Deadline) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            "the request body did not arrive in time (--request-timeout)",
+        ),
+        Some(BodyRefused::OverBudget) => ApiError::new(
+            ErrorCode::TooManyBytesInFlight,
+            "request bodies in flight already hold the limit (--max-inflight-bytes); retry shortly",
+        ),
+        None => ApiError::bad_request(format!("the request body could not be read: {err}")),
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! - [`keys`]: one key (GET, HEAD, PUT, PATCH, DELETE) and the shortcut for plain GETs.
 //! - [`dump`]: `GET /kv` in its four shapes.
+//! - [`batch`]: `POST /kv`, the batch write (NDJSON).
 //! - [`page`]: the rows of the HTML listing, and the store behind the pages of [`kv_edge::pages`].
 //! - [`watch`]: the change feed (`GET /kv?watch=1`).
 
+mod batch;
 mod dump;
 mod keys;
 mod page;
@@ -39,7 +41,7 @@ pub struct AppState {
 /// The router, built in a plain function so tests can drive it without a socket.
 pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
     let routes = Router::new()
-        .route(routes::DUMP, get(watch::dump_or_watch))
+        .route(routes::DUMP, get(watch::dump_or_watch).post(batch::post_batch))
         .route(
             routes::EMPTY_KEY,
             get(keys::get_key)
