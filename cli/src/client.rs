@@ -152,13 +152,13 @@ impl Client {
             .body(body);
         let response = self.send(request).await.map_err(|err| (err, None))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| (self.unreachable(&e), None))?;
+        let body = response.bytes().await.map_err(|e| (self.unreachable(&e), None))?;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|err| {
-                let message = format!("{} answered a batch with something else than its summary: {err}", self.base);
+                let message = format!(
+                    "{} answered a batch with something else than its summary: {err}",
+                    self.base
+                );
                 (CliError::Server(message), None)
             });
         }

@@ -308,7 +308,11 @@ pub async fn import(client: &Client, args: &ImportArgs) -> Result<(), CliError> 
         eprintln!(
             "deleted {} {} ({} of them were not there)",
             tally.deleted + tally.absent,
-            if tally.deleted + tally.absent == 1 { "key" } else { "keys" },
+            if tally.deleted + tally.absent == 1 {
+                "key"
+            } else {
+                "keys"
+            },
             tally.absent
         );
     }
@@ -401,4 +405,3 @@ fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
             .with_style(ProgressStyle::with_template("{spinner} {binary_bytes} read").expect("valid template")),
     }
 }
-

@@ -400,7 +400,9 @@ impl Service {
                     Ok(chunk) => chunk,
                     Err(err) => {
                         found.refused = Some(kv_edge::request::body_error(&err));
-                        let _ = sender.send(Err(std::io::Error::other("the client's body failed"))).await;
+                        let _ = sender
+                            .send(Err(std::io::Error::other("the client's body failed")))
+                            .await;
                         return found;
                     }
                 };

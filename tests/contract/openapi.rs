@@ -651,6 +651,44 @@ async fn answers_as_documented(program: Program) {
         conforms(&spec, "/kv", &Method::GET, &response, &body);
     }
 
+    // A batch: 200 with its summary and X-Kv-Revision; a bad line is a 400
+    // naming it; a body that is not NDJSON is a 415.
+    let batch = |content_type: &str, body: &'static str| {
+        Request::post("/kv")
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let ndjson = "application/x-ndjson";
+    let (response, body) = harness
+        .send(batch(
+            ndjson,
+            "{\"key\":\"batch/a\",\"value\":\"1\"}\n{\"key\":\"batch/b\",\"delete\":true}\n",
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    conforms(&spec, "/kv", &Method::POST, &response, &body);
+    let summary: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (summary["stored"].as_u64(), summary["absent"].as_u64()),
+        (Some(1), Some(1))
+    );
+    header_is(
+        &response,
+        header::HeaderName::from_static("x-kv-revision"),
+        &summary["revision"].to_string(),
+    );
+    let (response, body) = harness
+        .send(batch(ndjson, "{\"key\":\"batch/c\",\"value\":\"1\"}\nnot json\n"))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    conforms(&spec, "/kv", &Method::POST, &response, &body);
+    assert_eq!(serde_json::from_slice::<Json>(&body).unwrap()["line"], 2);
+    let (response, body) = harness.send(batch("text/plain", "{}\n")).await;
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    conforms(&spec, "/kv", &Method::POST, &response, &body);
+
     // Delete: 204, then the key is gone (404 for GET and DELETE).
     let (response, body) = harness.send(request(&Method::DELETE, &key_path)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);

@@ -24,9 +24,14 @@ async fn batch_ok(http: &Client, base: &str, body: impl Into<reqwest::Body>) -> 
     let response = post(http, base, body).await;
     assert_eq!(response.status(), 200, "{response:?}");
     let revision: u64 = header(&response, "x-kv-revision").unwrap().parse().unwrap();
-    let summary: Value = response.json().await.unwrap();
+    let summary: Value = json(response).await;
     assert_eq!(summary["revision"].as_u64(), Some(revision), "{summary}");
     summary
+}
+
+async fn json(response: Response) -> Value {
+    let body = response.bytes().await.unwrap();
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
 }
 
 /// The body and status of a GET (404 gives `None`).
@@ -94,14 +99,7 @@ async fn a_batch_writes_puts_and_deletes_and_says_what_it_did() {
     // The same key twice: the later line wins; a put then a delete leaves nothing.
     body.push_str("\n{\"key\":\"twice\",\"value\":\"first\"}\n{\"key\":\"twice\",\"value\":\"second\"}\n");
     body.push_str("{\"key\":\"brief\",\"value\":\"x\"}\n{\"key\":\"brief\",\"delete\":true}"); // no final newline
-    let before: Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = json(http.get(format!("{base}/healthz")).send().await.unwrap()).await;
     let summary = batch_ok(&http, base, body).await;
     eprintln!("{summary}");
     assert_eq!(summary["stored"], 1000 + 3 + 2 + 1, "{summary}");
@@ -113,18 +111,27 @@ async fn a_batch_writes_puts_and_deletes_and_says_what_it_did() {
     assert_eq!(summary["revision"].as_u64().unwrap(), start + 1006 + 3, "{summary}");
 
     assert_eq!(count(&http, base, "b/").await, 1000);
-    assert_eq!(text(&http, &format!("{base}/kv/b/00999")).await.as_deref(), Some("value 999"));
+    assert_eq!(
+        text(&http, &format!("{base}/kv/b/00999")).await.as_deref(),
+        Some("value 999")
+    );
     let typed = http.get(format!("{base}/kv/typed")).send().await.unwrap();
     assert_eq!(header(&typed, "content-type").as_deref(), Some("application/json"));
     let bytes = http.get(format!("{base}/kv/bytes")).send().await.unwrap();
-    assert_eq!(header(&bytes, "content-type").as_deref(), Some("application/octet-stream"));
+    assert_eq!(
+        header(&bytes, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
     assert_eq!(&bytes.bytes().await.unwrap()[..], &[0xff, 0]);
     let soon = http.get(format!("{base}/kv/soon")).send().await.unwrap();
     assert!(header(&soon, "x-kv-expires-in").is_some(), "{soon:?}");
     assert_eq!(text(&http, &format!("{base}/kv/past")).await, None);
     assert_eq!(text(&http, &format!("{base}/kv/gone/1")).await, None);
     assert_eq!(text(&http, &format!("{base}/kv/gone/2")).await, None);
-    assert_eq!(text(&http, &format!("{base}/kv/twice")).await.as_deref(), Some("second"));
+    assert_eq!(
+        text(&http, &format!("{base}/kv/twice")).await.as_deref(),
+        Some("second")
+    );
     assert_eq!(text(&http, &format!("{base}/kv/brief")).await, None);
 }
 
@@ -135,12 +142,32 @@ async fn a_refused_line_refuses_the_whole_batch_and_names_it() {
     let base = &server.url;
     let good = puts("r/", 0..2, "v");
     let cases: Vec<(String, u16, &str, u64)> = vec![
-        (format!("{good}{{\"key\":\"r/x\",\"value\": oops}}\n"), 400, "bad_request", 3),
+        (
+            format!("{good}{{\"key\":\"r/x\",\"value\": oops}}\n"),
+            400,
+            "bad_request",
+            3,
+        ),
         (format!("{good}\n{{\"key\":\"r/x\"}}\n"), 400, "bad_request", 4),
         (format!("{good}{{\"key\":\"\",\"value\":\"v\"}}\n"), 400, "bad_key", 3),
-        (format!("{good}{{\"key\":\"r/x\",\"value_base64\":\"not base64!\"}}\n"), 400, "bad_request", 3),
-        (format!("{good}{{\"key\":\"r/x\",\"delete\":true,\"value\":\"v\"}}\n"), 400, "bad_request", 3),
-        (format!("{good}{{\"key\":\"r/x\",\"value\":\"v\",\"expires_at\":\"soon\"}}\n"), 400, "bad_request", 3),
+        (
+            format!("{good}{{\"key\":\"r/x\",\"value_base64\":\"not base64!\"}}\n"),
+            400,
+            "bad_request",
+            3,
+        ),
+        (
+            format!("{good}{{\"key\":\"r/x\",\"delete\":true,\"value\":\"v\"}}\n"),
+            400,
+            "bad_request",
+            3,
+        ),
+        (
+            format!("{good}{{\"key\":\"r/x\",\"value\":\"v\",\"expires_at\":\"soon\"}}\n"),
+            400,
+            "bad_request",
+            3,
+        ),
         (
             format!("{good}{{\"key\":\"r/x\",\"value\":\"v\",\"content_type\":\"a\\u0001\"}}\n"),
             415,
@@ -153,13 +180,18 @@ async fn a_refused_line_refuses_the_whole_batch_and_names_it() {
             "value_too_large",
             3,
         ),
-        (format!("{good}[1,2]\n{}", puts("r/after", 0..3, "v")), 400, "bad_request", 3),
+        (
+            format!("{good}[1,2]\n{}", puts("r/after", 0..3, "v")),
+            400,
+            "bad_request",
+            3,
+        ),
     ];
     for (body, status, code, line) in cases {
         let response = post(&http, base, body.clone()).await;
         assert_eq!(response.status(), status, "{body}");
         assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
-        let json: Value = response.json().await.unwrap();
+        let json: Value = json(response).await;
         eprintln!("{status} {json}");
         assert_eq!(json["error"], code, "{json}");
         assert_eq!(json["line"].as_u64(), Some(line), "{json}");
@@ -186,7 +218,7 @@ async fn a_refused_line_refuses_the_whole_batch_and_names_it() {
     let many = "{\"key\":\"r/n\",\"value\":\"\"}\n".repeat(100_001);
     let response = post(&http, base, many).await;
     assert_eq!(response.status(), 413);
-    let json: Value = response.json().await.unwrap();
+    let json: Value = json(response).await;
     assert_eq!(json["line"].as_u64(), Some(100_001), "{json}");
     assert_eq!(count(&http, base, "r/").await, 0);
 
@@ -202,7 +234,9 @@ async fn a_batch_answered_200_survives_a_kill_9_at_once() {
     let http = client();
     // Several batches at once, so that their lines share group commits; the
     // server is killed the moment the last answer arrives.
-    let batches: Vec<String> = (0..4).map(|b| puts(&format!("crash/{b}/"), 0..5000, "durable")).collect();
+    let batches: Vec<String> = (0..4)
+        .map(|b| puts(&format!("crash/{b}/"), 0..5000, "durable"))
+        .collect();
     let answers = futures_util::future::join_all(batches.into_iter().map(|body| {
         let (http, base) = (http.clone(), server.url.clone());
         async move { batch_ok(&http, &base, body).await }
@@ -222,14 +256,7 @@ async fn a_batch_answered_200_survives_a_kill_9_at_once() {
             assert_eq!(text(&http, &url).await, Some(format!("durable {i}")), "{url}");
         }
     }
-    let health: Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = json(http.get(format!("{base}/healthz")).send().await.unwrap()).await;
     assert!(health["revision"].as_u64().unwrap() >= last, "{health}");
 }
 
@@ -277,9 +304,18 @@ async fn a_batch_through_the_proxy_keeps_read_your_writes() {
             .await;
             assert_eq!(summary["stored"], 3, "{summary}");
             assert_eq!(summary["deleted"], 1, "{summary}");
-            assert_eq!(text(&http, &format!("{front}/kv/ryw/a")).await, Some(format!("new {round}")));
-            assert_eq!(text(&http, &format!("{front}/kv/ryw/b")).await, Some(format!("b {round}")));
-            assert_eq!(text(&http, &format!("{front}/kv/ryw/c")).await, Some(format!("c {round}")));
+            assert_eq!(
+                text(&http, &format!("{front}/kv/ryw/a")).await,
+                Some(format!("new {round}"))
+            );
+            assert_eq!(
+                text(&http, &format!("{front}/kv/ryw/b")).await,
+                Some(format!("b {round}"))
+            );
+            assert_eq!(
+                text(&http, &format!("{front}/kv/ryw/c")).await,
+                Some(format!("c {round}"))
+            );
             // Deleted by a batch: gone through the proxy at once.
             let summary = batch_ok(&http, front, "{\"key\":\"ryw/c\",\"delete\":true}\n").await;
             assert_eq!(summary["deleted"], 1, "{summary}");
@@ -302,7 +338,7 @@ async fn a_refused_batch_through_the_proxy_writes_nothing_and_keeps_its_limits()
     let body = format!("{}not json\n", puts("pr/", 0..10, "v"));
     let response = post(&http, front, body).await;
     assert_eq!(response.status(), 400);
-    let json: Value = response.json().await.unwrap();
+    let json: Value = json(response).await;
     assert_eq!(json["line"].as_u64(), Some(11), "{json}");
     assert_eq!(count(&http, &server.url, "pr/").await, 0);
 
@@ -318,7 +354,12 @@ async fn a_refused_batch_through_the_proxy_writes_nothing_and_keeps_its_limits()
     assert_eq!(error_code(response, 413).await, "value_too_large");
     // A streamed one is cut where it goes over.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..17).map(|_| Ok(vec![b'\n'; 1 << 20])).collect();
-    let response = post(&http, front, reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).await;
+    let response = post(
+        &http,
+        front,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
     assert_eq!(error_code(response, 413).await, "value_too_large");
 
     // The proxy relays a good batch's summary as the server said it.

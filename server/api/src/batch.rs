@@ -240,9 +240,22 @@ mod tests {
             Ok(Op::Delete { key: "k".into() })
         );
         assert!(parse_line(br#"{"key":"k","delete":true,"value":"v"}"#).is_err());
-        assert!(parse_line(br#"{"key":"k","delete":false}"#).unwrap_err().message.contains("needs"));
-        assert_eq!(parse_line(br#"{"key":"","value":"v"}"#).unwrap_err().code, ErrorCode::BadKey);
-        assert!(parse_line(b"{not json").unwrap_err().message.starts_with("not a JSON item"));
+        assert!(
+            parse_line(br#"{"key":"k","delete":false}"#)
+                .unwrap_err()
+                .message
+                .contains("needs")
+        );
+        assert_eq!(
+            parse_line(br#"{"key":"","value":"v"}"#).unwrap_err().code,
+            ErrorCode::BadKey
+        );
+        assert!(
+            parse_line(b"{not json")
+                .unwrap_err()
+                .message
+                .starts_with("not a JSON item")
+        );
         assert!(parse_line(br#"{"key":"k","value":"v","expires_at":"soon"}"#).is_err());
         assert_eq!(
             parse_line(br#"{"key":"k","value":"v","content_type":"a\u0001b"}"#)

@@ -9,6 +9,7 @@
 //! durable. That part runs in a task of its own: a client that goes away
 //! cannot leave half a batch queued.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -133,7 +134,10 @@ type Checked = (u64, Option<WriteOp>);
 /// Checks every line; the first refused one refuses the batch.
 fn parse(body: &[u8], max_value_bytes: usize) -> Result<Vec<Checked>, Refused> {
     let refuse = |line: u64, code: ErrorCode, message: String| Refused {
-        error: ApiError::new(code, format!("line {line}: {message}; nothing of the batch was written")),
+        error: ApiError::new(
+            code,
+            format!("line {line}: {message}; nothing of the batch was written"),
+        ),
         line: Some(line),
         done: None,
     };
@@ -148,7 +152,10 @@ fn parse(body: &[u8], max_value_bytes: usize) -> Result<Vec<Checked>, Refused> {
             return Err(refuse(
                 number,
                 ErrorCode::ValueTooLarge,
-                format!("a batch may hold at most {} lines; split it into several POSTs", batch::MAX_LINES),
+                format!(
+                    "a batch may hold at most {} lines; split it into several POSTs",
+                    batch::MAX_LINES
+                ),
             ));
         }
         let op = batch::parse_line(line).map_err(|err| refuse(number, err.code, err.message))?;
@@ -192,53 +199,65 @@ fn parse(body: &[u8], max_value_bytes: usize) -> Result<Vec<Checked>, Refused> {
     Ok(ops)
 }
 
-/// Queues every write in body order and waits for all of them. Each write
-/// future is polled once as it is made, so it joins the writer's queue (a
-/// FIFO, its waiters too) before the next line's does.
+/// Queues the writes and waits for all of them. Writes of different keys
+/// go to the writer's queue together (so it groups them under few fsyncs);
+/// a line whose key an earlier line of the batch still in flight also
+/// writes waits until every write before it is done, so that a key's lines
+/// land in body order whatever the order the queue takes them in.
 async fn write(store: &dyn crate::store::Store, ops: Vec<Checked>) -> Result<Summary, Refused> {
-    let mut pending: FuturesOrdered<BoxFuture<'static, (u64, Option<Result<WriteOutcome, StoreError>>)>> =
-        FuturesOrdered::new();
+    type Pending = FuturesOrdered<BoxFuture<'static, (u64, Option<Result<WriteOutcome, StoreError>>)>>;
+    let mut pending: Pending = FuturesOrdered::new();
+    let mut summary = Summary::default();
+    let mut failed: Option<(u64, StoreError)> = None;
+    let mut in_flight: HashSet<String> = HashSet::new();
+
+    async fn settle(pending: &mut Pending, summary: &mut Summary, failed: &mut Option<(u64, StoreError)>) {
+        while let Some((number, outcome)) = pending.next().await {
+            if failed.is_some() {
+                // After the first line with an unknown outcome, every outcome is
+                // reported as unknown, whatever it was: the answer stays a prefix.
+                continue;
+            }
+            match outcome {
+                None => summary.expired += 1,
+                Some(Ok(WriteOutcome::Stored { revision, .. })) => {
+                    summary.stored += 1;
+                    summary.revision = summary.revision.max(revision);
+                }
+                Some(Ok(WriteOutcome::Deleted { revision })) => {
+                    summary.deleted += 1;
+                    summary.revision = summary.revision.max(revision);
+                }
+                Some(Ok(WriteOutcome::NotFound)) => summary.absent += 1,
+                Some(Ok(other @ WriteOutcome::PreconditionFailed { .. })) => {
+                    // No line carries a precondition: a bug, refused like a failure.
+                    *failed = Some((
+                        number,
+                        StoreError::Unavailable(format!("an unconditional batch write was answered {other:?}")),
+                    ));
+                }
+                Some(Err(err)) => *failed = Some((number, err)),
+            }
+        }
+    }
+
     for (number, op) in ops {
         let Some(op) = op else {
             pending.push_back(Box::pin(std::future::ready((number, None))));
             continue;
         };
-        let mut future = store.write(op);
-        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
-        pending.push_back(match polled {
-            std::task::Poll::Ready(outcome) => Box::pin(std::future::ready((number, Some(outcome)))),
-            std::task::Poll::Pending => Box::pin(async move { (number, Some(future.await)) }),
-        });
-    }
-    let mut summary = Summary::default();
-    let mut failed: Option<(u64, StoreError)> = None;
-    while let Some((number, outcome)) = pending.next().await {
+        if !in_flight.insert(op.key().to_owned()) {
+            settle(&mut pending, &mut summary, &mut failed).await;
+            in_flight.clear();
+            in_flight.insert(op.key().to_owned());
+        }
         if failed.is_some() {
-            // After the first line with an unknown outcome, every outcome is
-            // reported as unknown, whatever it was: the answer stays a prefix.
-            continue;
+            break;
         }
-        match outcome {
-            None => summary.expired += 1,
-            Some(Ok(WriteOutcome::Stored { revision, .. })) => {
-                summary.stored += 1;
-                summary.revision = summary.revision.max(revision);
-            }
-            Some(Ok(WriteOutcome::Deleted { revision })) => {
-                summary.deleted += 1;
-                summary.revision = summary.revision.max(revision);
-            }
-            Some(Ok(WriteOutcome::NotFound)) => summary.absent += 1,
-            Some(Ok(other @ WriteOutcome::PreconditionFailed { .. })) => {
-                // No line carries a precondition: a bug, refused like a failure.
-                failed = Some((
-                    number,
-                    StoreError::Unavailable(format!("an unconditional batch write was answered {other:?}")),
-                ));
-            }
-            Some(Err(err)) => failed = Some((number, err)),
-        }
+        let future = store.write(op);
+        pending.push_back(Box::pin(async move { (number, Some(future.await)) }));
     }
+    settle(&mut pending, &mut summary, &mut failed).await;
     // Every write before now is durable: a revision that covers the lines
     // that wrote nothing (expired puts, absent deletes) too.
     summary.revision = summary.revision.max(store.revision());
