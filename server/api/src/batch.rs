@@ -111,20 +111,13 @@ pub fn parse_line(line: &[u8]) -> Result<Op, LineError> {
             message: format!("bad key: {err}"),
         });
     }
-    match raw.delete {
-        Some(true) => {
-            if raw.value.is_some()
-                || raw.value_base64.is_some()
-                || raw.content_type.is_some()
-                || raw.expires_at.is_some()
-            {
-                return Err(LineError::bad(
-                    "a delete (\"delete\": true) takes only \"key\"; no value, content_type or expires_at",
-                ));
-            }
-            return Ok(Op::Delete { key: raw.key });
+    if raw.delete == Some(true) {
+        if raw.value.is_some() || raw.value_base64.is_some() || raw.content_type.is_some() || raw.expires_at.is_some() {
+            return Err(LineError::bad(
+                "a delete (\"delete\": true) takes only \"key\"; no value, content_type or expires_at",
+            ));
         }
-        Some(false) | None => {}
+        return Ok(Op::Delete { key: raw.key });
     }
     let item = crate::dump::Item {
         key: raw.key,
