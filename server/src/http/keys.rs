@@ -61,6 +61,8 @@ pub(super) async fn get_key(
     Key(key): Key,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // The server is the newest state there is: a revision asked for is only checked.
+    kv_api::feed::min_revision(request.headers())?;
     let revision = state.store.revision();
     let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
