@@ -23,7 +23,6 @@ use kv_edge::{auth, metrics, serve, shortcut, tls};
 use store::engine::{OpenError, RedbOptions};
 use store::{RedbStore, Store};
 
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

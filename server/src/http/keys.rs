@@ -62,7 +62,11 @@ pub(super) async fn get_key(
     request: Request,
 ) -> Result<Response, ApiError> {
     let revision = state.store.revision();
-    let entry = state.store.get(&key).await?.ok_or_else(|| ApiError::key_not_found(&key))?;
+    let entry = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
     let mut response = value_response(&entry, if_none_match.matches(entry.version));
     read_at(&mut response, revision);

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -143,6 +143,14 @@ fn rev(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Whether a call failed before its request left: the connection to the
+/// member could not be made (tonic says "tcp connect error").
+fn not_sent(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if i32::from(status.code()) == grpc_code::UNAVAILABLE && status.message().contains("connect error"))
+        || matches!(err, etcd_client::Error::TransportError(_))
+}
+
 /// What a failed read becomes: the cluster could not be reached in time.
 fn unreachable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable(err.to_string())
@@ -171,6 +179,7 @@ mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const FAILED_PRECONDITION: i32 = 9;
+    pub const UNAVAILABLE: i32 = 14;
 }
 
 /// A key as etcd holds it, decoded.
@@ -199,11 +208,20 @@ impl EtcdStore {
         let endpoints = options.endpoints.clone();
         let mut client = tokio::time::timeout(options.timeout * 3, Client::connect(&endpoints, Some(connect)))
             .await
-            .map_err(|_| format!("etcd at {} did not answer within {:?}", endpoints.join(","), options.timeout * 3))?
+            .map_err(|_| {
+                format!(
+                    "etcd at {} did not answer within {:?}",
+                    endpoints.join(","),
+                    options.timeout * 3
+                )
+            })?
             .map_err(|err| format!("cannot connect to etcd at {}: {err}", endpoints.join(",")))?;
         let probe = tokio::time::timeout(
             options.timeout * 3,
-            client.get(options.prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only())),
+            client.get(
+                options.prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
         )
         .await
         .map_err(|_| format!("etcd at {} did not answer a read in time", endpoints.join(",")))?
@@ -258,7 +276,11 @@ impl EtcdStore {
         let envelope = Envelope::decode(kv.value())?;
         let entry = Entry {
             key: key.to_owned(),
-            value: if keys_only { Bytes::new() } else { envelope.value.clone() },
+            value: if keys_only {
+                Bytes::new()
+            } else {
+                envelope.value.clone()
+            },
             content_type: envelope.content_type.clone(),
             version: rev(kv.mod_revision()),
             expires_at: envelope.expires_at,
@@ -266,18 +288,33 @@ impl EtcdStore {
         Some((entry, envelope))
     }
 
-    /// A call with the engine's deadline.
-    async fn timed<T>(
-        &self,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed> {
-        tokio::time::timeout(self.inner.timeout, call).await
+    /// A call with the engine's deadline. A call that failed before it was
+    /// sent (no connection to the member the channel picked: a killed
+    /// member stays in the balance until it is back) is made again, on
+    /// another connection, until the deadline: it cannot have been applied.
+    async fn timed<T, F, Fut>(&self, mut call: F) -> Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        const PAUSE: Duration = Duration::from_millis(10);
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, call(self.inner.client.clone())).await {
+                Ok(Err(err)) if not_sent(&err) && tokio::time::Instant::now() + PAUSE < deadline => {
+                    tokio::time::sleep(PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn read_current(&self, full: &[u8]) -> Result<Option<Current>, StoreError> {
-        let mut client = self.inner.client.clone();
         let response = self
-            .timed(client.get(full, None))
+            .timed(|mut c| {
+                let full = full.to_vec();
+                async move { c.get(full, None).await }
+            })
             .await
             .map_err(|_| unreachable("a read took longer than --etcd-timeout"))?
             .map_err(unreachable)?;
@@ -296,9 +333,8 @@ impl EtcdStore {
     async fn lease_until(&self, expires_at: u64) -> Result<i64, StoreError> {
         let left_ms = expires_at.saturating_sub(expiry::now_ms());
         let ttl = i64::try_from(left_ms.div_ceil(1000) + 1).unwrap_or(i64::MAX);
-        let mut client = self.inner.client.clone();
         let lease = self
-            .timed(client.lease_grant(ttl, None))
+            .timed(|mut c| async move { c.lease_grant(ttl, None).await })
             .await
             .map_err(|_| unreachable("granting a lease took longer than --etcd-timeout"))?
             .map_err(unreachable)?;
@@ -311,7 +347,10 @@ impl EtcdStore {
     /// revision through this server finds it.
     async fn committed(&self, revision: u64, outcome: WriteOutcome) -> Result<WriteOutcome, StoreError> {
         if !self.inner.feed.wait_for(revision, self.inner.timeout).await {
-            tracing::warn!(revision, "the etcd watch has not delivered a committed write within --etcd-timeout");
+            tracing::warn!(
+                revision,
+                "the etcd watch has not delivered a committed write within --etcd-timeout"
+            );
         }
         Ok(outcome)
     }
@@ -331,9 +370,11 @@ impl EtcdStore {
         }
         let envelope = Envelope::encode(&content_type, expires_at, &value);
         drop(value);
-        let mut client = self.inner.client.clone();
         let response = self
-            .timed(client.put(full, envelope, Some(options)))
+            .timed(|mut c| {
+                let (full, envelope, options) = (full.clone(), envelope.clone(), options.clone());
+                async move { c.put(full, envelope, Some(options)).await }
+            })
             .await
             .map_err(|_| StoreError::OutcomeUnknown("a put took longer than --etcd-timeout".into()))?
             .map_err(write_failed)?;
@@ -356,9 +397,11 @@ impl EtcdStore {
 
     async fn delete_plain(&self, key: String) -> WriteResult {
         let full = self.full_key(&key);
-        let mut client = self.inner.client.clone();
         let response = self
-            .timed(client.delete(full, Some(DeleteOptions::new().with_prev_key())))
+            .timed(|mut c| {
+                let full = full.clone();
+                async move { c.delete(full, Some(DeleteOptions::new().with_prev_key())).await }
+            })
             .await
             .map_err(|_| StoreError::OutcomeUnknown("a delete took longer than --etcd-timeout".into()))?
             .map_err(write_failed)?;
@@ -449,13 +492,19 @@ impl EtcdStore {
                 WriteOp::Expire { .. } => return Ok(WriteOutcome::NotFound),
             };
             let compare = match &current {
-                Some(c) => Compare::mod_revision(full.clone(), CompareOp::Equal, i64::try_from(c.mod_revision).unwrap_or(0)),
+                Some(c) => Compare::mod_revision(
+                    full.clone(),
+                    CompareOp::Equal,
+                    i64::try_from(c.mod_revision).unwrap_or(0),
+                ),
                 None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
             };
             let txn = Txn::new().when([compare]).and_then([action]);
-            let mut client = self.inner.client.clone();
             let response = self
-                .timed(client.txn(txn))
+                .timed(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await
                 .map_err(|_| StoreError::OutcomeUnknown("a transaction took longer than --etcd-timeout".into()))?
                 .map_err(write_failed)?;
@@ -491,9 +540,11 @@ impl Store for EtcdStore {
         let store = self.clone();
         let full = self.full_key(key);
         async move {
-            let mut client = store.inner.client.clone();
             let response = store
-                .timed(client.get(full, None))
+                .timed(|mut c| {
+                    let full = full.clone();
+                    async move { c.get(full, None).await }
+                })
                 .await
                 .map_err(|_| unreachable("a read took longer than --etcd-timeout"))?
                 .map_err(unreachable)?;
@@ -537,9 +588,11 @@ impl Store for EtcdStore {
                 if at > 0 {
                     options = options.with_revision(at);
                 }
-                let mut client = store.inner.client.clone();
                 let response = store
-                    .timed(client.get(start.clone(), Some(options)))
+                    .timed(|mut c| {
+                        let (start, options) = (start.clone(), options.clone());
+                        async move { c.get(start, Some(options)).await }
+                    })
                     .await
                     .map_err(|_| unreachable("a range read took longer than --etcd-timeout"))?
                     .map_err(unreachable)?;
@@ -580,10 +633,15 @@ impl Store for EtcdStore {
     fn len(&self) -> StoreFuture<u64> {
         let store = self.clone();
         async move {
-            let mut client = store.inner.client.clone();
             let prefix = store.inner.prefix.clone();
             let response = store
-                .timed(client.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())))
+                .timed(|mut c| {
+                    let prefix = prefix.clone();
+                    async move {
+                        c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+                            .await
+                    }
+                })
                 .await
                 .map_err(|_| unreachable("counting keys took longer than --etcd-timeout"))?
                 .map_err(unreachable)?;
@@ -615,7 +673,11 @@ impl Store for EtcdStore {
     }
 
     fn location(&self) -> String {
-        format!("etcd at {} under '{}'", self.inner.endpoints.join(","), self.inner.prefix)
+        format!(
+            "etcd at {} under '{}'",
+            self.inner.endpoints.join(","),
+            self.inner.prefix
+        )
     }
 
     fn feed(&self) -> &Arc<Feed> {
@@ -665,10 +727,15 @@ async fn watch_loop(store: EtcdStore, opened_at: u64, mut stop: watch::Receiver<
         match outcome {
             WatchEnd::Compacted => {
                 // Learn the current revision and restart the history there.
-                let mut client = store.inner.client.clone();
                 let prefix = store.inner.prefix.clone();
                 match store
-                    .timed(client.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())))
+                    .timed(|mut c| {
+                        let prefix = prefix.clone();
+                        async move {
+                            c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+                                .await
+                        }
+                    })
                     .await
                 {
                     Ok(Ok(response)) => {
@@ -707,9 +774,14 @@ async fn watch_once(store: &EtcdStore, last: &mut u64) -> WatchEnd {
         .with_start_revision(i64::try_from(*last + 1).unwrap_or(i64::MAX))
         .with_prev_key()
         .with_progress_notify();
-    let mut client = store.inner.client.clone();
     let prefix = store.inner.prefix.clone();
-    let mut stream = match store.timed(client.watch(prefix, Some(options))).await {
+    let watch = store
+        .timed(|mut c| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { c.watch(prefix, Some(options)).await }
+        })
+        .await;
+    let mut stream = match watch {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => return WatchEnd::Lost(err.to_string()),
         Err(_) => return WatchEnd::Lost("opening the watch took longer than --etcd-timeout".into()),

@@ -400,7 +400,13 @@ mod tests {
         let mut late = feed.subscribe(Some(13)).unwrap();
         assert_eq!(late.read(100).unwrap()[0].rev, 15);
         feed.reset(25);
-        assert_eq!(sub.read(10).unwrap_err(), Behind { oldest: 25, current: 25 });
+        assert_eq!(
+            sub.read(10).unwrap_err(),
+            Behind {
+                oldest: 25,
+                current: 25
+            }
+        );
         assert!(feed.subscribe(Some(20)).is_err());
     }
 
