@@ -181,6 +181,9 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, scan: Scan) -> StoreFuture<Scanned>;
     /// The number of keys stored (expired keys not removed yet included).
     fn len(&self) -> StoreFuture<u64>;
+    fn is_empty(&self) -> StoreFuture<bool> {
+        self.len().map(|len| len.map(|n| n == 0)).boxed()
+    }
     /// The latest revision the store has acknowledged (or, over etcd, seen).
     fn revision(&self) -> u64;
     /// Whether the store is able to take writes.
