@@ -77,26 +77,39 @@ struct Inner {
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// The stored form of a value: `[1][deadline: u64 BE, 0 = none][n: u8][n bytes
-/// of content type][value]`. Version byte 1; anything else is refused.
+/// The stored form of a value: `[1][deadline: u64 BE, 0 = none][write id:
+/// u64 BE][n: u8][n bytes of content type][value]`. Version byte 1; anything
+/// else is refused. The write id is random per write: after a write whose
+/// connection broke, reading it back tells whether that write was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub content_type: String,
     pub expires_at: Option<u64>,
+    pub write_id: u64,
     pub value: Bytes,
+}
+
+/// A random id for one write (see [`Envelope`]).
+fn write_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // A failed fill leaves zeros: the write then cannot be recognised, and
+    // a broken connection stays outcome_unknown.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    u64::from_be_bytes(bytes)
 }
 
 const ENVELOPE_V1: u8 = 1;
 
 impl Envelope {
-    pub fn encode(content_type: &str, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {
+    pub fn encode(content_type: &str, expires_at: Option<u64>, write_id: u64, value: &[u8]) -> Vec<u8> {
         let mut ct = content_type.as_bytes();
         if ct.len() > 255 {
             ct = &ct[..255];
         }
-        let mut out = Vec::with_capacity(10 + ct.len() + value.len());
+        let mut out = Vec::with_capacity(18 + ct.len() + value.len());
         out.push(ENVELOPE_V1);
         out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&write_id.to_be_bytes());
         out.push(u8::try_from(ct.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(ct);
         out.extend_from_slice(value);
@@ -105,18 +118,20 @@ impl Envelope {
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let (&version, rest) = bytes.split_first()?;
-        if version != ENVELOPE_V1 || rest.len() < 9 {
+        if version != ENVELOPE_V1 || rest.len() < 17 {
             return None;
         }
         let deadline = u64::from_be_bytes(rest[..8].try_into().ok()?);
-        let n = usize::from(rest[8]);
-        let rest = &rest[9..];
+        let write_id = u64::from_be_bytes(rest[8..16].try_into().ok()?);
+        let n = usize::from(rest[16]);
+        let rest = &rest[17..];
         if rest.len() < n {
             return None;
         }
         Some(Self {
             content_type: String::from_utf8_lossy(&rest[..n]).into_owned(),
             expires_at: (deadline != 0).then_some(deadline),
+            write_id,
             value: Bytes::copy_from_slice(&rest[n..]),
         })
     }
@@ -168,6 +183,10 @@ fn write_failed(err: etcd_client::Error) -> StoreError {
             grpc_code::INVALID_ARGUMENT | grpc_code::FAILED_PRECONDITION | grpc_code::RESOURCE_EXHAUSTED => {
                 return StoreError::Unavailable(format!("etcd refused the write: {}", status.message()));
             }
+            // `require_leader`: the member refused before proposing anything.
+            grpc_code::UNAVAILABLE if status.message().contains("no leader") => {
+                return StoreError::Unreachable(format!("etcd has no leader: {}", status.message()));
+            }
             _ => {}
         }
     }
@@ -186,6 +205,7 @@ mod grpc_code {
 struct Current {
     envelope: Envelope,
     mod_revision: u64,
+    create_revision: u64,
     lease: i64,
 }
 
@@ -322,6 +342,7 @@ impl EtcdStore {
             Envelope::decode(kv.value()).map(|envelope| Current {
                 envelope,
                 mod_revision: rev(kv.mod_revision()),
+                create_revision: rev(kv.create_revision()),
                 lease: kv.lease(),
             })
         }))
@@ -355,6 +376,32 @@ impl EtcdStore {
         Ok(outcome)
     }
 
+    /// After a put whose outcome is unknown (its connection broke after
+    /// sending, not a timeout): whether the key now holds that very write
+    /// (its write id), read up to three times over 0.4 s. Found means
+    /// applied; not found leaves the outcome unknown (the write may still be
+    /// in flight, or overwritten since).
+    async fn find_write(&self, full: &[u8], id: u64, failed: &StoreError) -> Option<Current> {
+        if !matches!(failed, StoreError::OutcomeUnknown(_)) || id == 0 {
+            return None;
+        }
+        // A proposal forwarded by a member that died may still reach the
+        // leader's log a moment later: look a few times.
+        for pause in [0u64, 100, 300] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if let Ok(Some(current)) = self.read_current(full).await
+                && current.envelope.write_id == id
+            {
+                tracing::info!(
+                    revision = current.mod_revision,
+                    "a write whose connection broke was applied"
+                );
+                return Some(current);
+            }
+        }
+        None
+    }
+
     async fn put_plain(&self, key: String, value: Bytes, content_type: String, expiry: Expiry) -> WriteResult {
         let full = self.full_key(&key);
         let (expires_at, lease) = match expiry {
@@ -368,7 +415,8 @@ impl EtcdStore {
         if let Some(lease) = lease {
             options = options.with_lease(lease);
         }
-        let envelope = Envelope::encode(&content_type, expires_at, &value);
+        let id = write_id();
+        let envelope = Envelope::encode(&content_type, expires_at, id, &value);
         drop(value);
         let response = self
             .timed(|mut c| {
@@ -376,8 +424,27 @@ impl EtcdStore {
                 async move { c.put(full, envelope, Some(options)).await }
             })
             .await
-            .map_err(|_| StoreError::OutcomeUnknown("a put took longer than --etcd-timeout".into()))?
-            .map_err(write_failed)?;
+            .map_err(|_| StoreError::OutcomeUnknown("a put took longer than --etcd-timeout".into()))?;
+        let response = match response {
+            Ok(response) => response,
+            Err(err) => {
+                let failed = write_failed(err);
+                return match self.find_write(&full, id, &failed).await {
+                    Some(found) => {
+                        self.committed(
+                            found.mod_revision,
+                            WriteOutcome::Stored {
+                                revision: found.mod_revision,
+                                created: found.create_revision == found.mod_revision,
+                                expires_at,
+                            },
+                        )
+                        .await
+                    }
+                    None => Err(failed),
+                };
+            }
+        };
         let revision = rev(response.header().map_or(0, |h| h.revision()));
         let now = expiry::now_ms();
         let created = response
@@ -425,6 +492,7 @@ impl EtcdStore {
     async fn read_check_commit(&self, op: WriteOp) -> WriteResult {
         let key = op.key().to_owned();
         let full = self.full_key(&key);
+        let id = write_id();
         for _ in 0..64 {
             let current = self.read_current(&full).await?;
             let now = expiry::now_ms();
@@ -462,7 +530,7 @@ impl EtcdStore {
                     if let Some(lease) = lease.filter(|l| *l != 0) {
                         options = options.with_lease(lease);
                     }
-                    let envelope = Envelope::encode(content_type, expires_at, value);
+                    let envelope = Envelope::encode(content_type, expires_at, id, value);
                     (TxnOp::put(full.clone(), envelope, Some(options)), expires_at)
                 }
                 WriteOp::Touch { touch, .. } => {
@@ -480,7 +548,7 @@ impl EtcdStore {
                     if let Some(lease) = lease {
                         options = options.with_lease(lease);
                     }
-                    let envelope = Envelope::encode(&c.envelope.content_type, expires_at, &c.envelope.value);
+                    let envelope = Envelope::encode(&c.envelope.content_type, expires_at, id, &c.envelope.value);
                     (TxnOp::put(full.clone(), envelope, Some(options)), expires_at)
                 }
                 WriteOp::Delete { .. } => {
@@ -506,8 +574,32 @@ impl EtcdStore {
                     async move { c.txn(txn).await }
                 })
                 .await
-                .map_err(|_| StoreError::OutcomeUnknown("a transaction took longer than --etcd-timeout".into()))?
-                .map_err(write_failed)?;
+                .map_err(|_| StoreError::OutcomeUnknown("a transaction took longer than --etcd-timeout".into()))?;
+            let response = match response {
+                Ok(response) => response,
+                Err(err) => {
+                    let failed = write_failed(err);
+                    let is_put = !matches!(op, WriteOp::Delete { .. });
+                    let found = if is_put {
+                        self.find_write(&full, id, &failed).await
+                    } else {
+                        None
+                    };
+                    return match found {
+                        // The transaction compared the version read, so
+                        // `live` is what it replaced.
+                        Some(found) => {
+                            let outcome = WriteOutcome::Stored {
+                                revision: found.mod_revision,
+                                created: live.is_none(),
+                                expires_at,
+                            };
+                            self.committed(found.mod_revision, outcome).await
+                        }
+                        None => Err(failed),
+                    };
+                }
+            };
             if !response.succeeded() {
                 // Another write came between the read and the transaction.
                 continue;
@@ -859,12 +951,13 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_refuse_what_they_do_not_know() {
-        let bytes = Envelope::encode("text/plain", Some(1_700_000_000_000), b"hello");
+        let bytes = Envelope::encode("text/plain", Some(1_700_000_000_000), 42, b"hello");
         let envelope = Envelope::decode(&bytes).expect("decodes");
         assert_eq!(envelope.content_type, "text/plain");
         assert_eq!(envelope.expires_at, Some(1_700_000_000_000));
+        assert_eq!(envelope.write_id, 42);
         assert_eq!(&envelope.value[..], b"hello");
-        let none = Envelope::decode(&Envelope::encode("", None, b"")).expect("decodes");
+        let none = Envelope::decode(&Envelope::encode("", None, 0, b"")).expect("decodes");
         assert_eq!(none.expires_at, None);
         assert!(Envelope::decode(b"").is_none());
         assert!(Envelope::decode(b"\x02rest-of-it").is_none());
