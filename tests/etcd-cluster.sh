@@ -7,6 +7,12 @@
 #                                     # `etcdctl endpoint health` is good
 #   tests/etcd-cluster.sh stop DIR    # stops the members (SIGTERM, then KILL)
 #
+# Members keep an hour of history (auto-compaction), so DUMP cursors and
+# feed resumes live that long, and are asked for watch progress every 5 s
+# (etcd's default is 10 min). kv-server moves its feed head on a progress
+# notification, but a 13 s trial here did not see the head move past writes
+# outside the prefix: not yet understood (see ARCHITECTURE.md).
+#
 # `start` prints the client endpoints (comma-separated) on stdout and writes
 # them to DIR/endpoints; DIR/m<N>/ holds member N's data, log (etcd.log),
 # pid, and client URL. Needs etcd and etcdctl (Debian: etcd-server, etcd-client).
@@ -72,6 +78,7 @@ case "$cmd" in
         --initial-cluster "$initial" --initial-cluster-token "$token" \
         --initial-cluster-state new \
         --auto-compaction-mode periodic --auto-compaction-retention 1h \
+        --experimental-watch-progress-notify-interval 5s \
         >"$m/etcd.log" 2>&1 </dev/null &
       echo $! >"$m/pid"
     done
