@@ -9,9 +9,8 @@
 #
 # Members keep an hour of history (auto-compaction), so DUMP cursors and
 # feed resumes live that long, and are asked for watch progress every 5 s
-# (etcd's default is 10 min). kv-server moves its feed head on a progress
-# notification, but a 13 s trial here did not see the head move past writes
-# outside the prefix: not yet understood (see ARCHITECTURE.md).
+# (etcd's default is 10 min): kv-server moves its feed head (and the
+# X-Kv-Revision of reads) past writes outside its prefix on each one.
 #
 # `start` prints the client endpoints (comma-separated) on stdout and writes
 # them to DIR/endpoints; DIR/m<N>/ holds member N's data, log (etcd.log),

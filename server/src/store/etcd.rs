@@ -221,7 +221,11 @@ impl EtcdStore {
         let connect = ConnectOptions::new()
             .with_connect_timeout(options.timeout)
             .with_timeout(options.timeout)
-            .with_keep_alive(Duration::from_secs(2), options.timeout)
+            // HTTP/2 pings no more often than every 10 s: etcd closes a
+            // connection that pings more often than --grpc-keepalive-min-time
+            // (5 s by default), every call on it failing ("h2 protocol error");
+            // seen here with a 2 s interval as a watch lost every 8 s.
+            .with_keep_alive(Duration::from_secs(10), options.timeout)
             // A member cut off from the leader refuses (reads, and watches)
             // instead of answering from a stale state or staying silent.
             .with_require_leader(true);
@@ -891,6 +895,12 @@ async fn watch_once(store: &EtcdStore, last: &mut u64) -> WatchEnd {
             return WatchEnd::Lost(format!("the watch was cancelled: {}", message.cancel_reason()));
         }
         let events = message.events();
+        tracing::debug!(
+            events = events.len(),
+            created = message.created(),
+            revision = message.header().map(|h| h.revision()),
+            "etcd watch response"
+        );
         if events.is_empty() {
             // A progress notification (or the watch's creation): etcd 3.4
             // sends the periodic ones only to a watcher that has delivered
