@@ -5,6 +5,7 @@
 mod browser;
 mod cli;
 mod consistency;
+mod etcd;
 mod expiry;
 mod feed;
 mod hardening_edge;
