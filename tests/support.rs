@@ -37,6 +37,10 @@ pub fn bin_dir() -> &'static Path {
         if release {
             build.arg("--release");
         }
+        // The etcd tests need kv-server's etcd engine in the binary too.
+        if cfg!(feature = "etcd") {
+            build.args(["--features", "kv-server/etcd"]);
+        }
         // Cargo gives this test the variables of its own package; ring's build
         // script reruns when they change (rerun-if-env-changed), so passing them
         // on would rebuild ring and everything above it on every test run.
@@ -403,5 +407,127 @@ pub async fn raw_http(addr: impl tokio::net::ToSocketAddrs, request: &[u8]) -> R
         text,
         body,
         closed,
+    }
+}
+
+/// A 3-member etcd cluster on loopback, started by `tests/etcd-cluster.sh`
+/// (fresh data directories, free ports, a unique cluster token) and stopped
+/// when dropped.
+pub struct EtcdCluster {
+    pub dir: tempfile::TempDir,
+    /// The client URLs, comma-separated (for `--etcd-endpoints`).
+    pub endpoints: String,
+}
+
+/// What `etcdctl endpoint status` says of one member.
+#[derive(Debug, Clone)]
+pub struct EtcdMember {
+    /// 1, 2 or 3: the directory `m<N>` of the cluster.
+    pub index: usize,
+    pub url: String,
+    pub is_leader: bool,
+}
+
+impl EtcdCluster {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("etcd-cluster.sh")
+    }
+
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = Command::new("bash")
+            .arg(Self::script())
+            .arg("start")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/etcd-cluster.sh");
+        assert!(output.status.success(), "the etcd cluster did not start");
+        let endpoints = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert_eq!(endpoints.split(',').count(), 3, "three endpoints: {endpoints}");
+        Self { dir, endpoints }
+    }
+
+    /// Each member that answers `etcdctl endpoint status`, with whether it leads.
+    pub fn members(&self) -> Vec<EtcdMember> {
+        let mut members = Vec::new();
+        for index in 1..=3 {
+            let member_dir = self.dir.path().join(format!("m{index}"));
+            let url = std::fs::read_to_string(member_dir.join("url")).expect("member url");
+            let url = url.trim().to_owned();
+            if !member_dir.join("pid").exists() {
+                continue;
+            }
+            let output = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &url,
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
+                .output()
+                .expect("run etcdctl");
+            if !output.status.success() {
+                continue;
+            }
+            let Ok(status) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+                continue;
+            };
+            let status = &status[0]["Status"];
+            let (Some(id), Some(leader)) = (status["header"]["member_id"].as_u64(), status["leader"].as_u64()) else {
+                continue;
+            };
+            members.push(EtcdMember {
+                index,
+                url,
+                is_leader: id == leader,
+            });
+        }
+        members
+    }
+
+    /// The member that leads, once one does (waits up to 30 s).
+    pub fn leader(&self) -> EtcdMember {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(leader) = self.members().into_iter().find(|m| m.is_leader) {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no etcd member leads");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// kill -9 member `index` (1..=3).
+    pub fn kill9(&self, index: usize) {
+        let pid_file = self.dir.path().join(format!("m{index}")).join("pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("member pid");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 etcd member {index}");
+        let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// A kv-server with `--store etcd` on this cluster.
+    pub fn server(&self, args: &[&str]) -> Server {
+        let mut all = vec!["--store", "etcd", "--etcd-endpoints", self.endpoints.as_str()];
+        all.extend_from_slice(args);
+        Server::start_with(&all)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use futures_util::StreamExt as _;
 use kv_api::feed::{Compacted, Event, Kind, WatchQuery};
 use prometheus_client::metrics::counter::Counter;
@@ -164,14 +164,6 @@ impl Coherence {
         };
         counters.lag_seconds.set(lag);
     }
-}
-
-/// The `X-Kv-Min-Revision` a request asks for, if any (a malformed one is ignored).
-pub fn min_revision(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(&kv_api::feed::X_KV_MIN_REVISION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// How one stream ended.

@@ -78,10 +78,6 @@ impl Shortcut for Hits {
         let Some((key, if_none_match)) = plain_get(&request, state.token.as_ref()) else {
             return Err(request);
         };
-        // A read that names a revision may have to wait for the feed: the long way.
-        if request.headers().contains_key(&kv_api::feed::X_KV_MIN_REVISION) {
-            return Err(request);
-        }
         let Some(lookup) = state.service.hit(&key).await else {
             return Err(request);
         };
@@ -98,7 +94,7 @@ async fn get_key(
     request: Request,
 ) -> Result<Response, ProxyError> {
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
-    let min = crate::coherence::min_revision(request.headers());
+    let min = kv_api::feed::min_revision(request.headers())?;
     let lookup = state.service.get_at_least(&key, min).await?;
     Ok(lookup_response(&key, &lookup, &if_none_match))
 }

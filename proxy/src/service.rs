@@ -226,7 +226,9 @@ impl Service {
         let began = Instant::now();
         let failed = match self.upstream.read(key).await {
             Ok(Fetch::Found(f)) => {
-                let value = Cached::new(f.value, f.content_type, f.version, began, f.generation);
+                // The time left goes on with a forwarded read too (X-Kv-Expires-In, Expires).
+                let value = Cached::new(f.value, f.content_type, f.version, began, f.generation)
+                    .with_expiry(f.expires_in, f.expires);
                 return Ok(Lookup {
                     status: CacheStatus::Miss,
                     value: Some(Arc::new(value)),

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kv_edge::auth::AuthArgs;
 use kv_edge::limits::{self, HttpLimits};
 use kv_edge::tls::TlsArgs;
-use kv_edge::units::parse_size;
+use kv_edge::units::{parse_duration, parse_size};
 
 /// The defaults of kv-server's own flags; `kv up` uses them too.
 pub mod defaults {
@@ -15,6 +16,8 @@ pub mod defaults {
     pub const FEED_HISTORY_EVENTS: usize = 100_000;
     pub const FEED_HISTORY_BYTES: &str = "64MiB";
     pub const MAX_WATCHERS: usize = 1024;
+    pub const ETCD_PREFIX: &str = "kv/";
+    pub const ETCD_TIMEOUT: &str = "2s";
 }
 
 /// kv-server: a durable key-value store over HTTP.
@@ -44,6 +47,9 @@ pub struct Config {
     /// as data is read, so a small store uses little of it.
     #[arg(long, env = "KV_STORE_CACHE", value_parser = parse_size)]
     pub store_cache: Option<u64>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -76,10 +82,58 @@ impl Config {
             data_dir,
             max_value_bytes: limits::defaults::parse(limits::defaults::MAX_VALUE_BYTES, parse_size),
             store_cache: None,
+            store: StoreArgs::default(),
             feed: FeedArgs::default(),
             http: HttpLimits::default(),
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
+        }
+    }
+}
+
+/// Which engine keeps the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store: a redb file and its write-ahead log in --data-dir.
+    #[default]
+    Redb,
+    /// An etcd cluster (v3 API, etcd 3.4 or later) at --etcd-endpoints;
+    /// several kv-servers may share it. Needs kv-server built with
+    /// `--features etcd`.
+    Etcd,
+}
+
+/// The engine, and the etcd cluster when it is etcd.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The storage engine: redb (embedded, in --data-dir) or etcd (a cluster
+    /// at --etcd-endpoints; --data-dir is then unused).
+    #[arg(long = "store", env = "KV_STORE", value_enum, default_value_t = StoreKind::Redb)]
+    pub kind: StoreKind,
+
+    /// The etcd members' client URLs, comma-separated, like
+    /// http://127.0.0.1:2379,http://127.0.0.1:22379.
+    #[arg(long, env = "KV_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Every key is stored in etcd under this prefix, so that several
+    /// deployments can share a cluster.
+    #[arg(long, env = "KV_ETCD_PREFIX", default_value = defaults::ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// The deadline of every call to etcd, like 2s or 500ms: past it a
+    /// write answers 504 outcome_unknown and a read 503.
+    #[arg(long, env = "KV_ETCD_TIMEOUT", default_value = defaults::ETCD_TIMEOUT, value_parser = parse_duration)]
+    pub etcd_timeout: Duration,
+}
+
+impl Default for StoreArgs {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Redb,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: defaults::ETCD_PREFIX.to_owned(),
+            etcd_timeout: limits::defaults::parse(defaults::ETCD_TIMEOUT, parse_duration),
         }
     }
 }

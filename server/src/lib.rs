@@ -37,7 +37,7 @@ pub enum StartError {
 /// An opened server: the store is open and locked, nothing is listening yet.
 pub struct Server {
     config: Config,
-    store: RedbStore,
+    store: Arc<dyn Store>,
     /// Sent on every answer as `X-Kv-Store-Id`.
     store_id: axum::http::HeaderValue,
     token: Option<auth::Token>,
@@ -45,8 +45,69 @@ pub struct Server {
 }
 
 impl Server {
-    /// Checks the configuration and opens the store in `config.data_dir`.
+    /// Checks the configuration and opens the engine it names: the embedded
+    /// store in `config.data_dir`, or (built with the `etcd` feature) a
+    /// connection to the etcd cluster at `--etcd-endpoints`.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        match config.store.kind {
+            config::StoreKind::Redb => Self::open(config),
+            config::StoreKind::Etcd => Self::open_etcd(config).await,
+        }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    async fn open_etcd(_config: Config) -> Result<Self, StartError> {
+        Err(StartError::Config(
+            "--store etcd: this kv-server was built without etcd support; build it with \
+             `cargo build --release -p kv-server --features etcd` (which needs protoc: \
+             apt-get install protobuf-compiler)"
+                .into(),
+        ))
+    }
+
+    #[cfg(feature = "etcd")]
+    async fn open_etcd(config: Config) -> Result<Self, StartError> {
+        if config.max_value_bytes > store::etcd::MAX_VALUE_BYTES {
+            return Err(StartError::Config(format!(
+                "--max-value-bytes {} is more than etcd takes in one request with kv's envelope \
+                 (etcd refuses requests over 1.5MiB by default); the largest allowed over etcd is {} bytes",
+                config.max_value_bytes,
+                store::etcd::MAX_VALUE_BYTES
+            )));
+        }
+        let token = config.auth.load().map_err(StartError::Config)?;
+        config
+            .auth
+            .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
+            .map_err(StartError::Config)?;
+        let tls = config.tls.load()?;
+        let options = store::etcd::EtcdOptions {
+            endpoints: config.store.etcd_endpoints.clone(),
+            prefix: config.store.etcd_prefix.clone(),
+            timeout: config.store.etcd_timeout,
+            feed: config.feed.limits(),
+        };
+        let etcd = store::etcd::EtcdStore::connect(options)
+            .await
+            .map_err(StartError::Config)?;
+        let store_id = etcd.store_id();
+        Ok(Self {
+            config,
+            store: Arc::new(etcd),
+            store_id,
+            token,
+            tls,
+        })
+    }
+
+    /// Checks the configuration and opens the embedded store in `config.data_dir`
+    /// (`kv up`, tests); [`Server::start`] opens either engine.
     pub fn open(config: Config) -> Result<Self, StartError> {
+        if config.store.kind != config::StoreKind::Redb {
+            return Err(StartError::Config(
+                "this program embeds kv-server with its own store (redb); run kv-server --store etcd for etcd".into(),
+            ));
+        }
         const _: () = assert!(store::wal::MAX_VALUE_BYTES == 1023 << 20, "the message says 1023MiB");
         // A value the log cannot hold in one record would be acknowledged,
         // then dropped by recovery: refuse the limit that would allow it.
@@ -79,7 +140,7 @@ impl Server {
         let store_id = store::identity::load_or_create(&config.data_dir, new_store).map_err(StartError::Config)?;
         Ok(Self {
             config,
-            store,
+            store: Arc::new(store),
             store_id,
             token,
             tls,
@@ -90,18 +151,17 @@ impl Server {
     /// requests in flight and the queued writes, and closes the store.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-        let path = std::path::absolute(self.store.path()).unwrap_or_else(|_| self.store.path().to_owned());
         tracing::info!(
-            keys = self.store.len().unwrap_or(0),
+            keys = self.store.len().await.unwrap_or(0),
             revision = self.store.revision(),
             store_id = ?self.store_id,
             store_cache = self.config.store_cache_bytes(),
             "kv-server listening on {}://{addr}, data in {}",
             if self.tls.is_some() { "https" } else { "http" },
-            path.display()
+            self.store.location()
         );
         let state = http::AppState {
-            store: Arc::new(self.store.clone()) as Arc<dyn Store>,
+            store: self.store.clone(),
             metrics: Arc::new(metrics::Metrics::new("kv_server", "Keys stored")),
             max_value_bytes: usize::try_from(self.config.max_value_bytes).unwrap_or(usize::MAX),
             token: self.token.clone(),

@@ -25,7 +25,7 @@ fn run(config: kv_server::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listen = config.listen;
-        let server = kv_server::Server::open(config)?;
+        let server = kv_server::Server::start(config).await?;
         let listener = kv_edge::serve::bind(listen, "--listen")?;
         server.serve(listener, kv_edge::shutdown::shutdown_signal()).await;
         Ok(())

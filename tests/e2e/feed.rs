@@ -440,6 +440,16 @@ async fn a_write_through_one_proxy_shows_through_another_at_once() {
             .unwrap();
         assert_eq!(response.text().await.unwrap(), i.to_string());
     }
+    // A revision that is not one is refused, by the proxy and by the server.
+    for base in [&b.url, &server.url] {
+        let response = http
+            .get(format!("{base}/kv/ryw"))
+            .header("x-kv-min-revision", "soon")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(response, 400).await, "bad_request", "{base}");
+    }
     let text = http
         .get(format!("{}/metrics", b.url))
         .send()

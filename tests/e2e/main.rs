@@ -6,6 +6,7 @@ mod batch;
 mod browser;
 mod cli;
 mod consistency;
+mod etcd;
 mod expiry;
 mod feed;
 mod hardening_edge;

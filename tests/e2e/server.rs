@@ -845,6 +845,9 @@ async fn dump_as_html_escapes_keys_and_values() {
     assert_eq!(status("saved=x").await, 400);
     assert_eq!(status("action=delete").await, 200);
     assert_eq!(status("action=AAA").await, 400);
+    assert_eq!(status("action=delete&saved=x").await, 400);
+    assert_eq!(status("saved=1&saved=2").await, 400);
+    assert_eq!(status("action=delete&action=delete").await, 400);
 }
 
 #[tokio::test]

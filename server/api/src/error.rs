@@ -83,6 +83,10 @@ error_codes! {
     UpstreamUnavailable = ("upstream_unavailable", BAD_GATEWAY),
     /// The store failed, or refuses work after a failure (fail-stop).
     StoreUnavailable = ("store_unavailable", SERVICE_UNAVAILABLE),
+    /// A write was sent to the store (an etcd cluster) but not confirmed in
+    /// time: it may or may not have been applied (504; 503 when the
+    /// connection was lost).
+    OutcomeUnknown = ("outcome_unknown", GATEWAY_TIMEOUT),
     /// The program is shutting down.
     ShuttingDown = ("shutting_down", SERVICE_UNAVAILABLE),
     /// Over `--max-connections`.

@@ -45,6 +45,24 @@ pub const EVENT_STREAM: &str = "text/event-stream";
 /// the upstream).
 pub static X_KV_MIN_REVISION: HeaderName = HeaderName::from_static("x-kv-min-revision");
 
+/// The `X-Kv-Min-Revision` a read asks for, if any; a value that is not a
+/// revision (a whole number) is `400 bad_request`, not silently ignored.
+pub fn min_revision(headers: &http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(&X_KV_MIN_REVISION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "X-Kv-Min-Revision must be a revision: a whole number, such as a write's X-Kv-Revision",
+            )
+        })
+}
+
 /// `Last-Event-ID`: where an SSE client (a browser's EventSource) resumes.
 pub static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 

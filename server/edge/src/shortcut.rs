@@ -53,6 +53,8 @@ pub fn plain_get<B: hyper::body::Body>(
         || !request.body().is_end_stream()
         || over_line_limits(request.uri(), headers).is_some()
         || token.is_some_and(|token| !token.authorizes(headers.get(header::AUTHORIZATION)))
+        // A read that names a revision is checked, and may wait: the long way.
+        || headers.contains_key(&kv_api::feed::X_KV_MIN_REVISION)
     {
         return None;
     }

@@ -39,7 +39,7 @@ pub(super) async fn dump(
         )
     })?;
     if format == Format::Html {
-        return super::page::listing(&state, &query);
+        return super::page::listing(&state, &query).await;
     }
     let Query {
         prefix,
@@ -61,8 +61,9 @@ pub(super) async fn dump(
             };
             // Reading up to a page from disk and rendering it is blocking work:
             // on the serving runtime it would stall every connection there.
-            let store = state.store.clone();
-            let page = off_runtime(move || Ok(json_page(store.scan(&scan)?, keys_only))).await?;
+            let _permit = SCANS.acquire().await.map_err(|_| StoreError::Closed)?;
+            let scanned = state.store.scan(scan).await?;
+            let page = off_runtime(move || Ok(json_page(scanned, keys_only))).await?;
             Ok((content_type, page).into_response())
         }
         Format::Ndjson | Format::Text => {
@@ -88,11 +89,10 @@ pub(super) async fn dump(
 static SCANS: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)));
 
-/// Runs a scan and its rendering on a blocking thread, a few at a time.
+/// Renders a page or chunk on a blocking thread (the caller holds a [`SCANS`] permit).
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let _permit = SCANS.acquire().await.map_err(|_| StoreError::Closed)?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| StoreError::Unavailable(format!("a scan failed: {err}")))?
@@ -145,8 +145,9 @@ fn stream_entries(
                 ..scan.clone()
             };
             let keys_only = scan.keys_only;
+            let _permit = SCANS.acquire().await.map_err(|_| StoreError::Closed)?;
+            let Scanned { entries, more } = store.scan(chunk).await?;
             let (out, count, last, more) = off_runtime(move || {
-                let Scanned { entries, more } = store.scan(&chunk)?;
                 let mut out = Vec::with_capacity(entries.len() * 64);
                 for entry in &entries {
                     match format {

@@ -39,7 +39,7 @@ impl Shortcut for Reads {
         };
         let revision = state.store.revision();
         // A store error goes the long way, to be answered (and logged) there.
-        let Ok(entry) = state.store.get(&key) else {
+        let Ok(entry) = state.store.get(&key).await else {
             return Err(request);
         };
         let mut response = match entry {
@@ -61,8 +61,14 @@ pub(super) async fn get_key(
     Key(key): Key,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // The server is the newest state there is: a revision asked for is only checked.
+    kv_api::feed::min_revision(request.headers())?;
     let revision = state.store.revision();
-    let entry = state.store.get(&key)?.ok_or_else(|| ApiError::key_not_found(&key))?;
+    let entry = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(&key))?;
     let if_none_match = Condition::parse(request.headers(), &header::IF_NONE_MATCH)?;
     let mut response = value_response(&entry, if_none_match.matches(entry.version));
     read_at(&mut response, revision);

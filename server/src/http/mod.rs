@@ -70,12 +70,12 @@ pub fn app(state: AppState, limits: &kv_edge::limits::HttpLimits) -> Router {
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, kv_api::ApiError> {
-    state.store.healthy()?;
+    state.store.healthy().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "revision": state.store.revision() })).into_response())
 }
 
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
-    if let Ok(keys) = state.store.len() {
+    if let Ok(keys) = state.store.len().await {
         state.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
     metrics::exposition(&state.metrics)

@@ -25,7 +25,7 @@ pub const HTML_PAGE: usize = 100;
 /// The HTML listing: the folder of the prefix, its subfolders (each one
 /// row, found by skipping past it in the scan, so a folder of a million keys
 /// costs one read) and its keys, a page at a time.
-pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiError> {
+pub(super) async fn listing(state: &AppState, query: &Query) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(HTML_PAGE);
     let folder = render::folder_of(&query.prefix);
     // Before the scan: the live page follows the feed from here, so a write
@@ -37,14 +37,15 @@ pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiEr
         folder,
         query.after.as_deref(),
         limit,
-    )?;
+    )
+    .await?;
     let page = render::listing(&Listing {
         prefix: &query.prefix,
         rows: &rows,
         limit,
         next: next.as_deref(),
         after: query.after.as_deref(),
-        total_keys: state.store.len().ok(),
+        total_keys: state.store.len().await.ok(),
         revision: Some(revision),
     });
     Ok(pages::html(StatusCode::OK, page))
@@ -52,7 +53,7 @@ pub(super) fn listing(state: &AppState, query: &Query) -> Result<Response, ApiEr
 
 /// Up to `limit` rows after the cursor `after`, and the cursor of the next
 /// page if there are more.
-fn rows(
+async fn rows(
     store: &dyn Store,
     prefix: &str,
     folder: &str,
@@ -79,7 +80,7 @@ fn rows(
             max_bytes: kv_api::dump::MAX_PAGE_BYTES,
             keys_only: false,
         };
-        let scanned = store.scan(&scan)?;
+        let scanned = store.scan(scan).await?;
         let exhausted = !scanned.more;
         let entries = scanned.entries;
         let mut jumped = false;
@@ -130,7 +131,7 @@ pub struct StoreBackend(pub Arc<dyn Store>);
 
 impl Backend for StoreBackend {
     async fn get(&self, key: &str) -> Result<Option<Entry>, Failure> {
-        Ok(self.0.get(key).map_err(ApiError::from)?)
+        Ok(self.0.get(key).await.map_err(ApiError::from)?)
     }
 
     async fn put(

@@ -33,7 +33,7 @@ use super::record::{self, DATA, DEADLINES, META, REVISION};
 use super::sweep::{self, Sweep};
 use super::wal::{self, Change, Wal};
 use super::writer::Writer;
-use super::{Scan, Scanned, Store, StoreError, WriteOp, WriteOutcome};
+use super::{Scan, Scanned, Store, StoreError, StoreFuture, WriteOp, WriteOutcome};
 
 /// The database file inside `--data-dir`.
 pub const FILE_NAME: &str = "kv.redb";
@@ -328,8 +328,10 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+/// The engine's own reads, synchronous: a read transaction answers at once
+/// (a scan reads from disk, so async callers go through [`Store::scan`]).
+impl RedbStore {
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let Some(record) = table.get(key).map_err(unavailable)? else {
@@ -339,7 +341,7 @@ impl Store for RedbStore {
         Ok((!kv_api::expiry::expired(entry.expires_at, kv_api::expiry::now_ms())).then_some(entry))
     }
 
-    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError> {
+    pub fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         let start = match &scan.after {
@@ -382,21 +384,17 @@ impl Store for RedbStore {
         Ok(scanned)
     }
 
-    fn len(&self) -> Result<u64, StoreError> {
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+
+    pub fn len(&self) -> Result<u64, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(DATA).map_err(unavailable)?;
         table.len().map_err(unavailable)
     }
 
-    fn revision(&self) -> u64 {
-        self.inner.shared.revision.load(Ordering::Acquire)
-    }
-
-    fn feed(&self) -> &Arc<Feed> {
-        &self.inner.shared.feed
-    }
-
-    fn healthy(&self) -> Result<(), StoreError> {
+    pub fn healthy(&self) -> Result<(), StoreError> {
         if let Some(failure) = self.inner.shared.failure.get() {
             return Err(StoreError::Unavailable(failure.clone()));
         }
@@ -408,6 +406,48 @@ impl Store for RedbStore {
             ));
         }
         self.read_txn().map(drop)
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> StoreFuture<Option<Entry>> {
+        futures_util::future::ready(Self::get(self, key)).boxed()
+    }
+
+    fn scan(&self, scan: Scan) -> StoreFuture<Scanned> {
+        let store = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || Self::scan(&store, &scan))
+                .await
+                .map_err(|err| StoreError::Unavailable(format!("a scan failed: {err}")))?
+        }
+        .boxed()
+    }
+
+    fn len(&self) -> StoreFuture<u64> {
+        futures_util::future::ready(Self::len(self)).boxed()
+    }
+
+    fn revision(&self) -> u64 {
+        self.inner.shared.revision.load(Ordering::Acquire)
+    }
+
+    fn feed(&self) -> &Arc<Feed> {
+        &self.inner.shared.feed
+    }
+
+    fn healthy(&self) -> StoreFuture<()> {
+        futures_util::future::ready(Self::healthy(self)).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let store = self.clone();
+        async move { Self::close(&store).await }.boxed()
+    }
+
+    fn location(&self) -> String {
+        let path = std::path::absolute(self.path()).unwrap_or_else(|_| self.path().to_owned());
+        path.display().to_string()
     }
 
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>> {

@@ -7,8 +7,11 @@
 //! serialised once, when published, and shared (`Bytes`) by every subscriber.
 //!
 //! The history is a ring in memory bounded by a count and by bytes. It holds
-//! every revision in `(base, head]`, consecutive (a revision is taken only by
-//! a write that changed something). A subscriber is a cursor into it: it reads
+//! every change in `(base, head]`, in revision order. With redb the revisions
+//! are consecutive (a revision is taken only by a write that changed
+//! something); over etcd they have gaps (writes outside the prefix, other
+//! deployments), so a cursor is found by revision, not by offset, and the
+//! head may move past the last record ([`Feed::advance`]). A subscriber is a cursor into it: it reads
 //! at its own pace, so a slow one never slows the writer; one that falls out
 //! of the ring learns it ([`Behind`]) and gets a `reset`. After a restart the
 //! ring is empty and starts at the store's revision: a `since` below it is
@@ -104,8 +107,11 @@ pub struct Feed {
 struct Ring {
     records: VecDeque<Arc<Record>>,
     bytes: usize,
-    /// Every revision above this one (up to the head) is in `records`.
+    /// Every change above this revision (up to `known`) is in `records`.
     base: u64,
+    /// Every change up to this revision is known: the last record's, or a
+    /// later one that an engine vouched for ([`Feed::advance`]).
+    known: u64,
 }
 
 /// Why a subscription was refused.
@@ -134,6 +140,7 @@ impl Feed {
                 records: VecDeque::new(),
                 bytes: 0,
                 base: revision,
+                known: revision,
             }),
             head: tokio::sync::watch::Sender::new(revision),
             limits,
@@ -149,6 +156,7 @@ impl Feed {
         {
             let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for record in records {
+                ring.known = ring.known.max(record.rev);
                 ring.bytes += record.bytes();
                 ring.records.push_back(Arc::new(record));
             }
@@ -160,7 +168,57 @@ impl Feed {
                 ring.base = old.rev;
             }
         }
-        self.head.send_replace(last);
+        self.head.send_if_modified(|head| {
+            let moved = last > *head;
+            *head = (*head).max(last);
+            moved
+        });
+    }
+
+    /// Says that no change up to `revision` is missing from the history (an
+    /// etcd watch's progress: every change under the prefix up to it was
+    /// delivered), so the head moves there without a record.
+    pub fn advance(&self, revision: u64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if revision <= ring.known {
+                return;
+            }
+            ring.known = revision;
+        }
+        self.head.send_if_modified(|head| {
+            let moved = revision > *head;
+            *head = (*head).max(revision);
+            moved
+        });
+    }
+
+    /// Drops the whole history and starts again at `revision`: the engine
+    /// cannot say what changed before it (an etcd watch whose start was
+    /// compacted). Every subscriber's cursor is then behind and gets a `reset`.
+    pub fn reset(&self, revision: u64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let revision = revision.max(ring.known);
+            ring.records.clear();
+            ring.bytes = 0;
+            ring.base = revision;
+            ring.known = revision;
+        }
+        self.head.send_if_modified(|head| {
+            let moved = revision > *head;
+            *head = (*head).max(revision);
+            moved
+        });
+    }
+
+    /// Waits (up to `timeout`) until the head has reached `revision`;
+    /// whether it has.
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
+        let mut head = self.head.subscribe();
+        tokio::time::timeout(timeout, head.wait_for(|head| *head >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The last revision published.
@@ -238,17 +296,23 @@ impl Subscription {
     pub fn read(&mut self, max: usize) -> Result<Vec<Arc<Record>>, Behind> {
         let ring = self.feed.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.next <= ring.base {
-            let current = ring.records.back().map_or(ring.base, |r| r.rev);
             return Err(Behind {
                 oldest: ring.base,
-                current,
+                current: ring.known,
             });
         }
-        let skip = usize::try_from(self.next - ring.base - 1).unwrap_or(usize::MAX);
+        // Found by revision: over etcd the revisions have gaps.
+        let skip = ring.records.partition_point(|r| r.rev < self.next);
         let records: Vec<Arc<Record>> = ring.records.iter().skip(skip).take(max).cloned().collect();
+        let drained = skip + records.len() == ring.records.len();
+        let known = ring.known;
         drop(ring);
         if let Some(last) = records.last() {
             self.next = last.rev + 1;
+        }
+        if drained {
+            // Nothing more is known up to `known`: the cursor is there.
+            self.next = self.next.max(known + 1);
         }
         Ok(records)
     }
@@ -317,6 +381,33 @@ mod tests {
         assert_eq!(sub.skip_to_head(), 10);
         feed.publish(puts(11, 11));
         assert_eq!(sub.read(10).unwrap()[0].rev, 11);
+    }
+
+    #[test]
+    fn revisions_with_gaps_and_advances_are_read_by_revision() {
+        let feed = Arc::new(Feed::new(10, FeedLimits::default()));
+        let mut sub = feed.subscribe(Some(10)).unwrap();
+        feed.publish(vec![
+            Record::put(12, "a", b"v", "text/plain", None),
+            Record::delete(15, "b", true),
+        ]);
+        let revs: Vec<u64> = sub.read(100).unwrap().iter().map(|r| r.rev).collect();
+        assert_eq!(revs, [12, 15]);
+        feed.advance(20);
+        assert_eq!(feed.head(), 20);
+        assert!(sub.read(100).unwrap().is_empty());
+        assert_eq!(sub.position(), 20, "the cursor moves to what the engine vouched for");
+        let mut late = feed.subscribe(Some(13)).unwrap();
+        assert_eq!(late.read(100).unwrap()[0].rev, 15);
+        feed.reset(25);
+        assert_eq!(
+            sub.read(10).unwrap_err(),
+            Behind {
+                oldest: 25,
+                current: 25
+            }
+        );
+        assert!(feed.subscribe(Some(20)).is_err());
     }
 
     #[test]

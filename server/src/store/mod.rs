@@ -1,11 +1,13 @@
 //! The storage trait: everything the HTTP layer needs from an engine, small
-//! enough that a clustered backend (etcd) can implement it later.
+//! enough that the clustered backend (etcd, `--features etcd`) implements it too.
 //!
 //! Every write takes the next store-wide revision, like etcd's `mod_revision`;
 //! a key's version is the revision of the write that last changed it. Versions
 //! are what ETags, conditional writes and the proxy's cache ordering rest on.
 
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod feed;
 pub mod identity;
 mod record;
@@ -149,33 +151,48 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// A write may or may not have been applied: the engine did not answer
+    /// in time or the connection was lost after the write was sent (etcd).
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A remote engine (etcd) did not answer in time or could not be reached;
+    /// nothing is known to be broken for good.
+    #[error("the store cannot be reached: {0}")]
+    Unreachable(String),
     /// The write is too large for the write-ahead log to hold in one record
     /// (so it could not be replayed); it was refused, nothing was written.
     #[error("{0}")]
     TooLarge(String),
 }
 
-/// A key-value engine. Reads are synchronous and cheap; writes are durable
-/// (fsynced) when their future resolves, and may be batched with others.
+/// What an engine's calls return: a future, so that an engine over the
+/// network (etcd) and the embedded one (redb, which answers at once or on a
+/// blocking thread) implement the same trait.
+pub type StoreFuture<T> = BoxFuture<'static, Result<T, StoreError>>;
+
+/// A key-value engine. Writes are durable (fsynced, or committed by a
+/// quorum) when their future resolves, and may be batched with others.
 pub trait Store: Send + Sync + 'static {
     /// The key's entry, `None` when there is none or it has expired (even
     /// if the sweep has not removed it yet).
-    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    /// Live entries only: expired ones are skipped. Blocks: a scan reads
-    /// up to `scan.max_bytes` from disk, so callers on an async runtime run
-    /// it with `spawn_blocking`.
-    fn scan(&self, scan: &Scan) -> Result<Scanned, StoreError>;
-    /// The number of keys stored (expired keys the sweep has not removed yet included).
-    fn len(&self) -> Result<u64, StoreError>;
-    fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
+    fn get(&self, key: &str) -> StoreFuture<Option<Entry>>;
+    /// Live entries only: expired ones are skipped. An engine that reads
+    /// from disk does so off the async runtime (`spawn_blocking`).
+    fn scan(&self, scan: Scan) -> StoreFuture<Scanned>;
+    /// The number of keys stored (expired keys not removed yet included).
+    fn len(&self) -> StoreFuture<u64>;
+    fn is_empty(&self) -> StoreFuture<bool> {
+        self.len().map(|len| len.map(|n| n == 0)).boxed()
     }
-    /// The latest revision the store has acknowledged.
+    /// The latest revision the store has acknowledged (or, over etcd, seen).
     fn revision(&self) -> u64;
     /// Whether the store is able to take writes.
-    fn healthy(&self) -> Result<(), StoreError>;
-    /// The change feed: every acknowledged write, in revision order, published
-    /// before the write is acknowledged (see [`feed`]).
+    fn healthy(&self) -> StoreFuture<()>;
+    /// Finishes queued work and stops the engine's threads and tasks.
+    fn close(&self) -> BoxFuture<'static, ()>;
+    /// Where the data is, for the log: a path, or a cluster's endpoints.
+    fn location(&self) -> String;
+    /// The change feed: every acknowledged write, in revision order (see [`feed`]).
     fn feed(&self) -> &std::sync::Arc<feed::Feed>;
     /// Queues any write; [`Store::put`] and [`Store::delete`] are the typed doors.
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<WriteOutcome, StoreError>>;
@@ -277,6 +294,21 @@ impl From<StoreError> for kv_api::ApiError {
                          it was not stored",
                         wal::MAX_VALUE_BYTES
                     ),
+                )
+            }
+            StoreError::OutcomeUnknown(ref cause) => {
+                tracing::warn!(cause = %cause, "a write's outcome is unknown");
+                ApiError::new(
+                    ErrorCode::OutcomeUnknown,
+                    "the store did not confirm the write in time: it may or may not have been applied; \
+                     read the key to find out before retrying a conditional write",
+                )
+            }
+            StoreError::Unreachable(ref cause) => {
+                tracing::warn!(cause = %cause, "the store cannot be reached");
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store's cluster did not answer in time; retry shortly",
                 )
             }
             StoreError::Closed => ApiError::new(

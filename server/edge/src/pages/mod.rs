@@ -235,6 +235,38 @@ fn key_in(path: &str, route_prefix: &str) -> Result<String, Failure> {
     })
 }
 
+/// A key page's query: `action=delete` (the confirmation step of a delete)
+/// and `saved=<version>` (the notice after a save), each at most once. Both
+/// are only for the page, but a malformed one is refused all the same: the
+/// contract says what they are, and a page that ignored a bad one would hide
+/// a broken link.
+fn page_query(request: &Request) -> Result<(bool, Option<u64>), Failure> {
+    let bad = |message: &str| Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: message.to_owned(),
+    };
+    let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(request.uri().query().unwrap_or(""))
+        .map_err(|_| bad("the query string is malformed"))?;
+    let (mut action, mut saved) = (None, None);
+    for (name, value) in pairs {
+        match name.as_str() {
+            "action" if action.is_some() => return Err(bad("`action` may be given once")),
+            "action" if value == "delete" => action = Some(true),
+            "action" => return Err(bad("the only `action` a key's page shows is `delete`")),
+            "saved" if saved.is_some() => return Err(bad("`saved` may be given once")),
+            "saved" => {
+                saved = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad("`saved` must be a version number (a whole number of 0 or more)"))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((action.unwrap_or(false), saved))
+}
+
 fn query_value(request: &Request, name: &str) -> Option<String> {
     let query = request.uri().query()?;
     serde_urlencoded::from_str::<Vec<(String, String)>>(query)
@@ -275,29 +307,14 @@ impl<B: Backend> Pages<B> {
             Ok(None) => return html(StatusCode::NOT_FOUND, render::not_found(&key)),
             Err(failure) => return failure_page(&failure),
         };
-        match query_value(&request, "action").as_deref() {
-            None => {}
-            Some("delete") => return html(StatusCode::OK, render::confirm_delete(&entry)),
-            Some(_) => {
-                return failure_page(&Failure {
-                    status: StatusCode::BAD_REQUEST,
-                    message: "the only `action` a key's page shows is `delete`".to_owned(),
-                });
-            }
-        }
-        // `saved` is only a notice, but a malformed one is still refused:
-        // the contract says it is a version, and a page that silently
-        // ignored it would hide a broken link.
-        let notice = match query_value(&request, "saved").map(|v| v.parse::<u64>()) {
-            None => None,
-            Some(Ok(version)) => Some(render::Notice::Saved(version)),
-            Some(Err(_)) => {
-                return failure_page(&Failure {
-                    status: StatusCode::BAD_REQUEST,
-                    message: "`saved` must be a version number (a whole number of 0 or more)".to_owned(),
-                });
-            }
+        let (confirm_delete, saved) = match page_query(&request) {
+            Ok(query) => query,
+            Err(failure) => return failure_page(&failure),
         };
+        if confirm_delete {
+            return html(StatusCode::OK, render::confirm_delete(&entry));
+        }
+        let notice = saved.map(render::Notice::Saved);
         html(StatusCode::OK, render::key_page(&entry, notice.as_ref()))
     }
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A 3-member etcd cluster on loopback, for trying kv-server --store etcd and
+# for its tests.
+#
+#   tests/etcd-cluster.sh start DIR   # fresh data dirs under DIR, free ports,
+#                                     # a unique cluster token; waits until
+#                                     # `etcdctl endpoint health` is good
+#   tests/etcd-cluster.sh stop DIR    # stops the members (SIGTERM, then KILL)
+#
+# Members keep an hour of history (auto-compaction), so DUMP cursors and
+# feed resumes live that long, and are asked for watch progress every 5 s
+# (etcd's default is 10 min): kv-server moves its feed head (and the
+# X-Kv-Revision of reads) past writes outside its prefix on each one.
+#
+# `start` prints the client endpoints (comma-separated) on stdout and writes
+# them to DIR/endpoints; DIR/m<N>/ holds member N's data, log (etcd.log),
+# pid, and client URL. Needs etcd and etcdctl (Debian: etcd-server, etcd-client).
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+cmd=$1
+dir=$2
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+stop_members() {
+  for pidfile in "$dir"/m*/pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pidfile in "$dir"/m*/pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+case "$cmd" in
+  start)
+    command -v etcd >/dev/null || { echo "etcd is not installed (Debian: apt-get install etcd-server etcd-client)" >&2; exit 1; }
+    mkdir -p "$dir"
+    stop_members
+    token="kv-$(date +%s%N)-$$"
+    declare -a client peer
+    for i in 1 2 3; do
+      client[$i]=$(free_port)
+      peer[$i]=$(free_port)
+    done
+    initial=""
+    for i in 1 2 3; do
+      initial+="m$i=http://127.0.0.1:${peer[$i]},"
+    done
+    initial=${initial%,}
+    endpoints=""
+    for i in 1 2 3; do
+      m="$dir/m$i"
+      rm -rf "$m"
+      mkdir -p "$m"
+      url="http://127.0.0.1:${client[$i]}"
+      echo "$url" >"$m/url"
+      endpoints+="$url,"
+      # setsid: the members outlive this script, and a Ctrl-C in the
+      # terminal that ran it does not reach them.
+      setsid etcd --name "m$i" --data-dir "$m/data" \
+        --listen-client-urls "$url" --advertise-client-urls "$url" \
+        --listen-peer-urls "http://127.0.0.1:${peer[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
+        --initial-cluster "$initial" --initial-cluster-token "$token" \
+        --initial-cluster-state new \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h \
+        --experimental-watch-progress-notify-interval 5s \
+        >"$m/etcd.log" 2>&1 </dev/null &
+      echo $! >"$m/pid"
+    done
+    endpoints=${endpoints%,}
+    echo "$endpoints" >"$dir/endpoints"
+    for _ in $(seq 1 300); do
+      if ETCDCTL_API=3 etcdctl --endpoints "$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; then
+        echo "$endpoints"
+        exit 0
+      fi
+      sleep 0.1
+    done
+    echo "the etcd cluster did not become healthy within 30 s; logs in $dir/m*/etcd.log" >&2
+    stop_members
+    exit 1
+    ;;
+  stop)
+    stop_members
+    ;;
+  *)
+    usage
+    ;;
+esac
