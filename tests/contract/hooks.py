@@ -12,6 +12,11 @@ FEED_PARAMETERS = {("query", "watch"), ("query", "since"), ("query", "values"), 
 
 @schemathesis.hook
 def before_load_schema(ctx, raw_schema):
+    # POST /kv (a batch) takes an NDJSON body, which schemathesis cannot
+    # serialize ("No supported serializers for media types"); the batch's
+    # contract is checked by tests/e2e/batch.rs and by the router test
+    # (tests/contract/openapi.rs) instead.
+    raw_schema["paths"]["/kv"].pop("post", None)
     dump = raw_schema["paths"]["/kv"]["get"]
     dump["parameters"] = [
         p for p in dump.get("parameters", [])
