@@ -44,6 +44,19 @@ pub struct Server {
     tls: Option<kv_edge::tls::TlsAcceptor>,
 }
 
+/// The edge's settings either engine needs: the token (refusing a
+/// network-facing `--listen` without one) and TLS, loaded before any store
+/// is touched.
+fn edge(config: &Config) -> Result<(Option<auth::Token>, Option<tls::TlsAcceptor>), StartError> {
+    let token = config.auth.load().map_err(StartError::Config)?;
+    config
+        .auth
+        .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
+        .map_err(StartError::Config)?;
+    let tls = config.tls.load()?;
+    Ok((token, tls))
+}
+
 impl Server {
     /// Checks the configuration and opens the engine it names: the embedded
     /// store in `config.data_dir`, or (built with the `etcd` feature) a
@@ -75,12 +88,7 @@ impl Server {
                 store::etcd::MAX_VALUE_BYTES
             )));
         }
-        let token = config.auth.load().map_err(StartError::Config)?;
-        config
-            .auth
-            .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
-            .map_err(StartError::Config)?;
-        let tls = config.tls.load()?;
+        let (token, tls) = edge(&config)?;
         let options = store::etcd::EtcdOptions {
             endpoints: config.store.etcd_endpoints.clone(),
             prefix: config.store.etcd_prefix.clone(),
@@ -119,13 +127,8 @@ impl Server {
                 store::wal::MAX_VALUE_BYTES
             )));
         }
-        let token = config.auth.load().map_err(StartError::Config)?;
-        config
-            .auth
-            .check_exposure(token.as_ref(), &[(config.listen, "--listen")])
-            .map_err(StartError::Config)?;
         // Before the store, so that a wrong path fails without touching the data directory.
-        let tls = config.tls.load()?;
+        let (token, tls) = edge(&config)?;
         let options = RedbOptions {
             cache_bytes: usize::try_from(config.store_cache_bytes()).unwrap_or(usize::MAX),
             feed: config.feed.limits(),
