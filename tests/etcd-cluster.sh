@@ -6,6 +6,11 @@
 #                                     # a unique cluster token; waits until
 #                                     # `etcdctl endpoint health` is good
 #   tests/etcd-cluster.sh stop DIR    # stops the members (SIGTERM, then KILL)
+#   tests/etcd-cluster.sh restart DIR N  # starts member N again on its data
+#                                     # (after a kill), as it was started
+#
+# KV_ETCD_FLAGS adds flags to every member (`start` only), e.g.
+# "--quota-backend-bytes 16777216" for a small space quota.
 #
 # Members keep an hour of history (auto-compaction), so DUMP cursors and
 # feed resumes live that long, and are asked for watch progress every 5 s
@@ -17,10 +22,20 @@
 # pid, and client URL. Needs etcd and etcdctl (Debian: etcd-server, etcd-client).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
-[ $# -eq 2 ] || usage
+usage() { echo "usage: $0 start|stop DIR, or $0 restart DIR N" >&2; exit 2; }
+[ $# -ge 2 ] || usage
 cmd=$1
 dir=$2
+
+# Starts member directory $1 from the flags in $1/flags (one per line).
+launch() {
+  local m=$1
+  mapfile -t flags <"$m/flags"
+  # setsid: the members outlive this script, and a Ctrl-C in the
+  # terminal that ran it does not reach them.
+  setsid etcd "${flags[@]}" >>"$m/etcd.log" 2>&1 </dev/null &
+  echo $! >"$m/pid"
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -68,9 +83,8 @@ case "$cmd" in
       url="http://127.0.0.1:${client[$i]}"
       echo "$url" >"$m/url"
       endpoints+="$url,"
-      # setsid: the members outlive this script, and a Ctrl-C in the
-      # terminal that ran it does not reach them.
-      setsid etcd --name "m$i" --data-dir "$m/data" \
+      # shellcheck disable=SC2086 # KV_ETCD_FLAGS is split into flags on purpose
+      printf '%s\n' --name "m$i" --data-dir "$m/data" \
         --listen-client-urls "$url" --advertise-client-urls "$url" \
         --listen-peer-urls "http://127.0.0.1:${peer[$i]}" \
         --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
@@ -78,24 +92,32 @@ case "$cmd" in
         --initial-cluster-state new \
         --auto-compaction-mode periodic --auto-compaction-retention 1h \
         --experimental-watch-progress-notify-interval 5s \
-        >"$m/etcd.log" 2>&1 </dev/null &
-      echo $! >"$m/pid"
+        ${KV_ETCD_FLAGS:-} >"$m/flags"
+      launch "$m"
     done
     endpoints=${endpoints%,}
     echo "$endpoints" >"$dir/endpoints"
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 600); do
       if ETCDCTL_API=3 etcdctl --endpoints "$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; then
         echo "$endpoints"
         exit 0
       fi
       sleep 0.1
     done
-    echo "the etcd cluster did not become healthy within 30 s; logs in $dir/m*/etcd.log" >&2
+    echo "the etcd cluster did not become healthy within 60 s; logs in $dir/m*/etcd.log; their last lines:" >&2
+    for i in 1 2 3; do tail -n 5 "$dir/m$i/etcd.log" | sed "s/^/  m$i: /" >&2; done
     stop_members
     exit 1
     ;;
   stop)
     stop_members
+    ;;
+  restart)
+    [ $# -eq 3 ] || usage
+    m="$dir/m$3"
+    [ -f "$m/flags" ] || { echo "no member $3 in $dir" >&2; exit 1; }
+    [ ! -f "$m/pid" ] || ! kill -0 "$(cat "$m/pid")" 2>/dev/null || { echo "member $3 is running" >&2; exit 1; }
+    launch "$m"
     ;;
   *)
     usage

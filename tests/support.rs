@@ -434,11 +434,21 @@ impl EtcdCluster {
     }
 
     pub fn start() -> Self {
+        Self::start_with_flags("")
+    }
+
+    /// A cluster whose members all get `flags` besides the script's own
+    /// (`--quota-backend-bytes 8388608`, say).
+    pub fn start_with_flags(flags: &str) -> Self {
+        // Build the programs before starting members: a compiler sharing two
+        // cores with three fresh members can keep them from electing a leader.
+        bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
         let output = Command::new("bash")
             .arg(Self::script())
             .arg("start")
             .arg(dir.path())
+            .env("KV_ETCD_FLAGS", flags)
             .stderr(Stdio::inherit())
             .output()
             .expect("run tests/etcd-cluster.sh");
@@ -512,6 +522,27 @@ impl EtcdCluster {
             .expect("run kill");
         assert!(status.success(), "kill -9 etcd member {index}");
         let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// Starts member `index` again on its data, after [`Self::kill9`], and
+    /// waits until it answers as a member of a cluster with a leader.
+    pub fn restart(&self, index: usize) {
+        let status = Command::new("bash")
+            .arg(Self::script())
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(index.to_string())
+            .status()
+            .expect("run tests/etcd-cluster.sh restart");
+        assert!(status.success(), "restart etcd member {index}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.members().iter().any(|m| m.index == index) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {index} did not come back within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A kv-server with `--store etcd` on this cluster.
