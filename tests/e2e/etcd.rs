@@ -22,9 +22,10 @@ async fn store_etcd_is_refused_by_a_build_without_the_feature() {
 
 #[cfg(feature = "etcd")]
 mod cluster {
+    use std::collections::HashMap;
     use std::process::Command;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use futures_util::StreamExt;
@@ -392,19 +393,151 @@ mod cluster {
         );
     }
 
-    /// What a writer saw over a window.
+    /// The cluster's own limits, mapped: a request larger than its
+    /// `--max-request-bytes` is 413 and not stored; at its space quota (the
+    /// NOSPACE alarm) writes are 507 `store_full` with the remedy, while
+    /// reads and deletes go on.
+    #[tokio::test]
+    async fn the_clusters_limits_are_413_and_507() {
+        let cluster = EtcdCluster::start_with_flags("--max-request-bytes 262144 --quota-backend-bytes 6291456");
+        let server = cluster.server(&[]);
+        let http = client();
+        let base = server.url.clone();
+
+        // Under kv-server's own --max-value-bytes, over the cluster's limit.
+        let response = http
+            .put(format!("{base}/kv/big"))
+            .body(vec![b'x'; 300_000])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let message = response.text().await.unwrap();
+        assert_eq!(status, 413, "{message}");
+        assert!(
+            message.contains("value_too_large") && message.contains("max-request-bytes"),
+            "{message}"
+        );
+        assert_eq!(http.get(format!("{base}/kv/big")).send().await.unwrap().status(), 404);
+
+        assert_eq!(put(&http, &format!("{base}/kv/kept"), "still here").await.status(), 201);
+        // Fill the quota with 200 KB values until etcd raises NOSPACE.
+        let value = vec![b'v'; 200_000];
+        let mut full = None;
+        for i in 0..400 {
+            let response = http
+                .put(format!("{base}/kv/fill/{i}"))
+                .body(value.clone())
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                201 => continue,
+                507 => {
+                    full = Some((i, response.text().await.unwrap()));
+                    break;
+                }
+                other => panic!("PUT fill/{i}: {other} {}", response.text().await.unwrap()),
+            }
+        }
+        let (refused, body) = full.expect("the cluster ran out of space");
+        eprintln!("the 6 MiB quota was reached after {refused} values of 200 KB: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "store_full");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("etcdctl alarm disarm") && message.contains("not"),
+            "{message}"
+        );
+        // The refused write was not stored; a small one is refused too, and
+        // so is one with a deadline (its lease is a write) and a batch.
+        assert_eq!(
+            http.get(format!("{base}/kv/fill/{refused}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        let small = put(&http, &format!("{base}/kv/small"), "x").await;
+        assert_eq!(error_code(small, 507).await, "store_full");
+        let leased = put(&http, &format!("{base}/kv/small?ttl=60s"), "x").await;
+        assert_eq!(error_code(leased, 507).await, "store_full");
+        let batch = http
+            .post(format!("{base}/kv"))
+            .header("content-type", "application/x-ndjson")
+            .body("{\"key\":\"b\",\"value\":\"x\"}\n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(batch.status(), 507);
+        // Every write answered 201 is stored, the one that crossed the
+        // quota included (etcd applies it, then raises the alarm).
+        for i in 0..refused {
+            let read = http.get(format!("{base}/kv/fill/{i}")).send().await.unwrap();
+            assert_eq!(read.status(), 200, "fill/{i} was acknowledged");
+        }
+        // Reads and deletes go on.
+        let kept = http.get(format!("{base}/kv/kept")).send().await.unwrap();
+        assert_eq!(kept.status(), 200);
+        assert_eq!(kept.text().await.unwrap(), "still here");
+        let deleted = http.delete(format!("{base}/kv/fill/0")).send().await.unwrap();
+        assert!(
+            deleted.status().is_success(),
+            "a delete under NOSPACE: {}",
+            deleted.status()
+        );
+        assert_eq!(
+            http.get(format!("{base}/kv/fill/0")).send().await.unwrap().status(),
+            404
+        );
+    }
+
+    /// What became of one write, as its client saw it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Seen {
+        /// 2xx: stored.
+        Acked,
+        /// 503 `store_unavailable`: refused before anything was proposed.
+        Refused,
+        /// 504/503 `outcome_unknown`, or no answer at all: either way.
+        Unknown,
+    }
+
+    /// What a writer saw: each write (key `<tag>/<i>`, value `i`) and its
+    /// outcome, with the time since the writer started.
     #[derive(Default)]
     struct Tally {
-        ok: u64,
+        writes: Vec<(u64, Duration, Seen)>,
+        /// The error answers (status and body, or the client's error).
         errors: Vec<(Duration, String)>,
-        /// Times of successful writes, from the writer's start.
-        successes: Vec<Duration>,
+    }
+
+    impl Tally {
+        fn ok(&self) -> usize {
+            self.writes.iter().filter(|w| w.2 == Seen::Acked).count()
+        }
+
+        fn last_ack(&self) -> Option<Duration> {
+            self.writes.iter().rev().find(|w| w.2 == Seen::Acked).map(|w| w.1)
+        }
+
+        /// The longest time between two acknowledged writes within `from..to`
+        /// (a write may still be acknowledged just after `from`).
+        fn gap(&self, from: Duration, to: Duration) -> Duration {
+            let acked: Vec<Duration> = self
+                .writes
+                .iter()
+                .filter(|w| w.2 == Seen::Acked && w.1 + Duration::from_millis(500) >= from && w.1 <= to)
+                .map(|w| w.1)
+                .collect();
+            acked.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+        }
     }
 
     /// PUTs one after another until `stop`, each with its own key.
-    async fn writer(http: Client, base: String, stop: Arc<AtomicBool>, tag: &'static str) -> Tally {
+    async fn writer(http: Client, base: String, stop: Arc<AtomicBool>, tag: &'static str, tally: Arc<Mutex<Tally>>) {
         let started = Instant::now();
-        let mut tally = Tally::default();
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
@@ -414,30 +547,81 @@ mod cluster {
                 .body(format!("{i}"))
                 .send()
                 .await;
-            match result {
-                Ok(response) if response.status().is_success() => {
-                    tally.ok += 1;
-                    tally.successes.push(started.elapsed());
-                }
+            let (seen, error) = match result {
+                Ok(response) if response.status().is_success() => (Seen::Acked, None),
                 Ok(response) => {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
-                    tally.errors.push((started.elapsed(), format!("{status} {body}")));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let seen = if body.contains("\"store_unavailable\"") {
+                        Seen::Refused
+                    } else {
+                        Seen::Unknown
+                    };
+                    (seen, Some(format!("{status} {body}")))
                 }
-                Err(err) => {
-                    tally.errors.push((started.elapsed(), err.to_string()));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(err) => (Seen::Unknown, Some(format!("no answer: {err}"))),
+            };
+            let at = started.elapsed();
+            {
+                let mut tally = tally.lock().unwrap();
+                tally.writes.push((i, at, seen));
+                if let Some(error) = error {
+                    tally.errors.push((at, error));
                 }
             }
+            if seen != Seen::Acked {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        tally
     }
 
+    /// Every `<prefix>` key and its value, from an NDJSON DUMP through `base`.
+    async fn dump(http: &Client, base: &str, prefix: &str) -> HashMap<String, String> {
+        let response = http
+            .get(format!("{base}/kv?prefix={prefix}"))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        text.lines()
+            .map(|line| {
+                let item: Value = serde_json::from_str(line).expect("an NDJSON item");
+                (
+                    item["key"].as_str().expect("key").to_owned(),
+                    item["value"].as_str().expect("value").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until `done` or `within` passes; whether `done` came true.
+    async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let give_up = Instant::now() + within;
+        while Instant::now() < give_up {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done()
+    }
+
+    /// The fault tests of a cluster under a steady writer, one cluster for
+    /// all: kill -9 a follower (no write fails); kill -9 the leader
+    /// `KV_ETCD_LEADER_KILLS` times (10 by default), bringing it back each
+    /// time (writes resume; the gaps are printed); kill -9 the kv-server the
+    /// writer uses; then check every write against the store, through the
+    /// other kv-server: every acknowledged write is there with its value,
+    /// every refused one is not, and the unknown ones are counted as landed
+    /// or not. Last, kill 2 of 3 (bounded 503s) and bring one back (writes
+    /// resume without restarting kv-server).
     #[tokio::test]
     async fn member_kills_under_a_writer() {
         let cluster = EtcdCluster::start();
         let server = cluster.server(&[]);
+        let mut doomed = cluster.server(&[]);
         let http = client();
 
         // kill -9 a follower: a quorum remains, no write fails.
@@ -447,102 +631,149 @@ mod cluster {
             .find(|m| !m.is_leader)
             .expect("a follower");
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(writer(http.clone(), server.url.clone(), stop.clone(), "f"));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let task = tokio::spawn(writer(
+            http.clone(),
+            server.url.clone(),
+            stop.clone(),
+            "f",
+            tally.clone(),
+        ));
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.kill9(follower.index);
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         stop.store(true, Ordering::Relaxed);
-        let tally = task.await.unwrap();
-        eprintln!(
-            "kill -9 of follower m{} ({}) under a writer: {} writes ok, {} errors {:?}",
-            follower.index,
-            follower.url,
-            tally.ok,
-            tally.errors.len(),
-            tally.errors.iter().take(3).collect::<Vec<_>>()
-        );
-        assert!(tally.ok > 0, "writes went through");
-        assert!(
-            tally.errors.is_empty(),
-            "no write failed: {:?}",
-            tally.errors.iter().take(3).collect::<Vec<_>>()
-        );
-
-        // kill -9 the leader, on a fresh 3-member cluster (the two left above
-        // could not elect a new one without the third).
-        drop(server);
-        drop(cluster);
-
-        let cluster = EtcdCluster::start();
-        let server = cluster.server(&[]);
-        let leader = cluster.leader();
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let task = tokio::spawn(writer(http.clone(), server.url.clone(), stop.clone(), "l"));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let killed_at = started.elapsed();
-        cluster.kill9(leader.index);
-        // Until writes are back, then a little more, or 60 s at most.
-        let give_up = Instant::now() + Duration::from_secs(60);
-        let mut resumed = false;
-        while Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Some(new_leader) = cluster.members().into_iter().find(|m| m.is_leader)
-                && new_leader.index != leader.index
-            {
-                resumed = true;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                break;
-            }
+        task.await.unwrap();
+        {
+            let tally = tally.lock().unwrap();
+            eprintln!(
+                "kill -9 of follower m{} under a writer: {} writes ok, {} errors {:?}",
+                follower.index,
+                tally.ok(),
+                tally.errors.len(),
+                tally.errors.iter().take(3).collect::<Vec<_>>()
+            );
+            assert!(tally.ok() > 0, "writes went through");
+            assert!(
+                tally.errors.is_empty(),
+                "no write failed: {:?}",
+                tally.errors.iter().take(3).collect::<Vec<_>>()
+            );
         }
+        cluster.restart(follower.index);
+
+        // kill -9 the leader, again and again, each time bringing it back.
+        let kills: usize = std::env::var("KV_ETCD_LEADER_KILLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let started = Instant::now();
+        let task = tokio::spawn(writer(
+            http.clone(),
+            doomed.url.clone(),
+            stop.clone(),
+            "l",
+            tally.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut killed_at = Vec::new();
+        for round in 1..=kills {
+            let leader = cluster.leader();
+            let at = started.elapsed();
+            cluster.kill9(leader.index);
+            killed_at.push(at);
+            let resumed = wait_until(Duration::from_secs(30), || {
+                tally
+                    .lock()
+                    .unwrap()
+                    .last_ack()
+                    .is_some_and(|last| last > at + Duration::from_secs(1))
+            })
+            .await;
+            assert!(
+                resumed,
+                "round {round}: writes did not resume within 30 s of killing leader m{}",
+                leader.index
+            );
+            cluster.restart(leader.index);
+            // Time for it to catch up before the next kill.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // kill -9 the kv-server the writer uses, mid-write.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        doomed.program.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::Relaxed);
-        let tally = task.await.unwrap();
-        assert!(resumed, "a new leader was elected");
-        // The gap: the longest time between two successful writes from just
-        // before the kill on (a write may still complete right after it).
-        let around: Vec<Duration> = tally
-            .successes
+        task.await.unwrap();
+        let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
+
+        let mut gaps: Vec<Duration> = killed_at
             .iter()
-            .copied()
-            .filter(|t| *t + Duration::from_millis(500) >= killed_at)
+            .enumerate()
+            .map(|(n, at)| tally.gap(*at, killed_at.get(n + 1).copied().unwrap_or(Duration::MAX)))
             .collect();
-        assert!(
-            around
-                .last()
-                .is_some_and(|last| *last > killed_at + Duration::from_secs(1)),
-            "writes resumed after the leader was killed"
-        );
-        let gap = around.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        let unknown = tally
-            .errors
-            .iter()
-            .filter(|(_, e)| e.contains("outcome_unknown"))
-            .count();
-        eprintln!(
-            "kill -9 of the leader m{} under a writer: the longest pause between two successful writes was \
-             {:.2} s; {} ok, {} errors ({unknown} outcome_unknown): {:?}",
-            leader.index,
-            gap.as_secs_f64(),
-            tally.ok,
-            tally.errors.len(),
-            tally.errors.iter().take(3).collect::<Vec<_>>()
-        );
-        // Every error is one the API documents for this: the outcome is
-        // unknown, or the store is unreachable for now.
+        gaps.sort();
+        // Every error answer is one the API documents for this: the outcome
+        // is unknown, or the store cannot be reached for now. Writes with no
+        // answer at all come from the kv-server's kill.
         for (_, error) in &tally.errors {
             assert!(
-                error.contains("outcome_unknown") || error.contains("store_unavailable"),
+                error.contains("outcome_unknown")
+                    || error.contains("store_unavailable")
+                    || error.starts_with("no answer"),
                 "an error the API documents: {error}"
             );
         }
+        // Every write, checked against the store through the other kv-server.
+        let stored = dump(&http, &server.url, "l/").await;
+        let (mut lost, mut appeared, mut landed, mut unknown) = (Vec::new(), Vec::new(), 0, 0);
+        for (i, _, seen) in &tally.writes {
+            let value = stored.get(&format!("l/{i}"));
+            match seen {
+                Seen::Acked if value != Some(&i.to_string()) => lost.push(*i),
+                Seen::Refused if value.is_some() => appeared.push(*i),
+                Seen::Unknown => {
+                    unknown += 1;
+                    landed += usize::from(value.is_some());
+                }
+                _ => {}
+            }
+        }
+        eprintln!(
+            "{kills} leader kills under a writer: the longest pause between two acknowledged writes was \
+             {:.2} s (median {:.2} s, shortest {:.2} s); {} writes acknowledged, {} lost; {} refused \
+             (503), {} of them stored; {unknown} with an unknown outcome, of which {landed} landed; first \
+             errors: {:?}",
+            gaps.last().copied().unwrap_or_default().as_secs_f64(),
+            gaps[gaps.len() / 2].as_secs_f64(),
+            gaps[0].as_secs_f64(),
+            tally.ok(),
+            lost.len(),
+            tally.writes.iter().filter(|w| w.2 == Seen::Refused).count(),
+            appeared.len(),
+            tally.errors.iter().take(3).collect::<Vec<_>>()
+        );
+        assert!(lost.is_empty(), "acknowledged writes missing or wrong: {lost:?}");
+        assert!(
+            appeared.is_empty(),
+            "writes answered 503 (not stored) were stored: {appeared:?}"
+        );
         let health = http.get(format!("{}/healthz", server.url)).send().await.unwrap();
-        assert_eq!(health.status(), 200, "healthy again with two members");
+        assert_eq!(health.status(), 200, "healthy after the kills");
 
-        // Kill one of the two left: no quorum. Reads answer 503, writes 503 or
-        // 504 outcome_unknown, /healthz 503, each within a bounded time (the
+        // Kill 2 of 3: no quorum. Reads answer 503, writes 503 or 504
+        // outcome_unknown, /healthz 503, each within a bounded time (the
         // --etcd-timeout of 2 s, plus a slow machine's margin).
-        let survivor = cluster.members().into_iter().find(|m| m.is_leader).expect("a leader");
-        cluster.kill9(survivor.index);
+        let leader = cluster.leader();
+        let other = cluster
+            .members()
+            .into_iter()
+            .find(|m| m.index != leader.index)
+            .expect("a follower");
+        cluster.kill9(leader.index);
+        cluster.kill9(other.index);
         let started = Instant::now();
         let read = http.get(format!("{}/kv/l/1", server.url)).send().await.unwrap();
         let read_took = started.elapsed();
@@ -576,5 +807,32 @@ mod cluster {
         );
         assert_eq!(health.status(), 503);
         assert!(read_took < Duration::from_secs(15) && write_took < Duration::from_secs(15));
+
+        // One comes back: quorum again, and the same kv-server writes again.
+        let back = Instant::now();
+        cluster.restart(other.index);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = http
+                .put(format!("{}/kv/recovered", server.url))
+                .body("yes")
+                .send()
+                .await
+                .unwrap();
+            if response.status().is_success() {
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no write succeeded within 60 s of quorum returning"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let recovered = back.elapsed();
+        let health = http.get(format!("{}/healthz", server.url)).send().await.unwrap();
+        eprintln!("quorum back: writes through the same kv-server resumed {recovered:.2?} after the member restarted");
+        assert_eq!(health.status(), 200);
+        let read = http.get(format!("{}/kv/recovered", server.url)).send().await.unwrap();
+        assert_eq!(read.text().await.unwrap(), "yes");
     }
 }

@@ -87,6 +87,9 @@ error_codes! {
     /// time: it may or may not have been applied (504; 503 when the
     /// connection was lost).
     OutcomeUnknown = ("outcome_unknown", GATEWAY_TIMEOUT),
+    /// The store is out of space (etcd's `NOSPACE` alarm): writes are
+    /// refused, nothing was written; reads and deletes still work.
+    StoreFull = ("store_full", INSUFFICIENT_STORAGE),
     /// The program is shutting down.
     ShuttingDown = ("shutting_down", SERVICE_UNAVAILABLE),
     /// Over `--max-connections`.

@@ -264,7 +264,7 @@ async fn write(store: &dyn crate::store::Store, ops: Vec<Checked>) -> Result<Sum
     match failed {
         None => Ok(summary),
         Some((line, err)) => {
-            let certain = matches!(err, StoreError::TooLarge(_));
+            let certain = matches!(err, StoreError::TooLarge(_) | StoreError::NoSpace(_));
             let mut error = ApiError::from(err);
             error.message = if certain {
                 format!(

@@ -178,7 +178,18 @@ fn write_failed(err: etcd_client::Error) -> StoreError {
     if let etcd_client::Error::GRpcStatus(status) = &err {
         match i32::from(status.code()) {
             grpc_code::INVALID_ARGUMENT if status.message().contains("too large") => {
-                return StoreError::TooLarge(format!("etcd refused the request: {}", status.message()));
+                return StoreError::TooLarge(format!(
+                    "the etcd cluster refused the write as larger than its --max-request-bytes ({}); \
+                     it was not stored",
+                    status.message()
+                ));
+            }
+            // The NOSPACE alarm ("etcdserver: mvcc: database space exceeded").
+            // Refused before anything was applied, except the one write that
+            // crossed the quota: the callers look for a put by its write id
+            // ([`EtcdStore::find_write`]) and call a delete's outcome unknown.
+            grpc_code::RESOURCE_EXHAUSTED if status.message().contains("space exceeded") => {
+                return StoreError::NoSpace(status.message().to_owned());
             }
             grpc_code::INVALID_ARGUMENT | grpc_code::FAILED_PRECONDITION | grpc_code::RESOURCE_EXHAUSTED => {
                 return StoreError::Unavailable(format!("etcd refused the write: {}", status.message()));
@@ -191,6 +202,18 @@ fn write_failed(err: etcd_client::Error) -> StoreError {
         }
     }
     StoreError::OutcomeUnknown(err.to_string())
+}
+
+/// A delete refused for want of space may have been applied all the same
+/// (etcd applies a transaction, then says the quota is exceeded) and has no
+/// write id to look for: its outcome is unknown.
+fn space_unknown(failed: StoreError) -> StoreError {
+    match failed {
+        StoreError::NoSpace(cause) => StoreError::OutcomeUnknown(format!(
+            "the cluster is out of space (NOSPACE); etcd may have applied the delete before saying so: {cause}"
+        )),
+        other => other,
+    }
 }
 
 /// gRPC status codes, as numbers (so that kv-server names no tonic type).
@@ -362,7 +385,12 @@ impl EtcdStore {
             .timed(|mut c| async move { c.lease_grant(ttl, None).await })
             .await
             .map_err(|_| unreachable("granting a lease took longer than --etcd-timeout"))?
-            .map_err(unreachable)?;
+            // A lease granted but unanswered is harmless (it ends unused), so
+            // any failure but a full store is a plain "cannot reach".
+            .map_err(|err| match write_failed(err) {
+                full @ StoreError::NoSpace(_) => full,
+                other => unreachable(other),
+            })?;
         Ok(lease.id())
     }
 
@@ -385,8 +413,13 @@ impl EtcdStore {
     /// (its write id), read up to three times over 0.4 s. Found means
     /// applied; not found leaves the outcome unknown (the write may still be
     /// in flight, or overwritten since).
+    ///
+    /// `NOSPACE` is asked too: etcd applies the write that crosses the space
+    /// quota and only then answers "database space exceeded" (its quota
+    /// applier), so that one write is stored; the writes after it, refused
+    /// once the alarm is raised, are not.
     async fn find_write(&self, full: &[u8], id: u64, failed: &StoreError) -> Option<Current> {
-        if !matches!(failed, StoreError::OutcomeUnknown(_)) || id == 0 {
+        if !matches!(failed, StoreError::OutcomeUnknown(_) | StoreError::NoSpace(_)) || id == 0 {
             return None;
         }
         // A proposal forwarded by a member that died may still reach the
@@ -475,7 +508,7 @@ impl EtcdStore {
             })
             .await
             .map_err(|_| StoreError::OutcomeUnknown("a delete took longer than --etcd-timeout".into()))?
-            .map_err(write_failed)?;
+            .map_err(|err| space_unknown(write_failed(err)))?;
         let now = expiry::now_ms();
         let live = response
             .prev_kvs()
@@ -587,7 +620,7 @@ impl EtcdStore {
                     let found = if is_put {
                         self.find_write(&full, id, &failed).await
                     } else {
-                        None
+                        return Err(space_unknown(failed));
                     };
                     return match found {
                         // The transaction compared the version read, so

@@ -163,6 +163,10 @@ pub enum StoreError {
     /// (so it could not be replayed); it was refused, nothing was written.
     #[error("{0}")]
     TooLarge(String),
+    /// The store refused the write for want of space (etcd's `NOSPACE`
+    /// alarm); nothing was written, and reads still work.
+    #[error("the store is out of space: {0}")]
+    NoSpace(String),
 }
 
 /// What an engine's calls return: a future, so that an engine over the
@@ -285,15 +289,20 @@ impl From<StoreError> for kv_api::ApiError {
                 tracing::error!(cause = %cause, "store unavailable");
                 ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
             }
-            StoreError::TooLarge(ref cause) => {
-                tracing::warn!(cause = %cause, "a write too large for the write-ahead log was refused");
+            // The engine's words say which limit refused it: the write-ahead
+            // log's record size, or the etcd cluster's request size.
+            StoreError::TooLarge(cause) => {
+                tracing::warn!(cause = %cause, "a write too large for the store was refused");
+                ApiError::new(ErrorCode::ValueTooLarge, cause)
+            }
+            StoreError::NoSpace(ref cause) => {
+                tracing::error!(cause = %cause, "the store is out of space: writes are refused");
                 ApiError::new(
-                    ErrorCode::ValueTooLarge,
-                    format!(
-                        "the write is too large for the write-ahead log to hold (values may be at most {} bytes); \
-                         it was not stored",
-                        wal::MAX_VALUE_BYTES
-                    ),
+                    ErrorCode::StoreFull,
+                    "the store's etcd cluster is out of space (its NOSPACE alarm is raised): the write was not \
+                     stored; reads and deletes still work. An operator must free space: compact the history \
+                     (etcdctl compact), defragment the members (etcdctl defrag), then disarm the alarm \
+                     (etcdctl alarm disarm); or raise --quota-backend-bytes",
                 )
             }
             StoreError::OutcomeUnknown(ref cause) => {
