@@ -112,6 +112,9 @@ pub struct Upstream {
     /// For batches: no read timeout (a batch's answer comes only after its
     /// whole body has streamed through and been written), a total one instead.
     batch_client: reqwest::Client,
+    /// For the one retry of a GET: it never pools, so the retry is on a new
+    /// connection, not on another pooled one the server may be closing too.
+    fresh_client: reqwest::Client,
     base: String,
     timeout: Duration,
     token: Option<HeaderValue>,
@@ -143,6 +146,7 @@ impl Upstream {
         };
         let client = kv_edge::client::build(builder()?.read_timeout(timeout))?;
         let batch_client = kv_edge::client::build(builder()?)?;
+        let fresh_client = kv_edge::client::build(builder()?.read_timeout(timeout).pool_max_idle_per_host(0))?;
         let token = token
             .map(|t| {
                 HeaderValue::from_str(&format!("Bearer {t}"))
@@ -152,6 +156,7 @@ impl Upstream {
         Ok(Self {
             client,
             batch_client,
+            fresh_client,
             base,
             timeout,
             token,
@@ -179,7 +184,7 @@ impl Upstream {
             Ok(response) => response,
             Err(err) if failed_before_an_answer(&err) && started.elapsed() < self.timeout => {
                 tracing::debug!(cause = %kv_edge::client::with_causes(&err), "upstream GET failed before an answer; retrying once");
-                self.request(Method::GET, &path)
+                self.request_on(&self.fresh_client, Method::GET, &path)
                     .timeout(self.timeout.saturating_sub(started.elapsed()))
                     .send()
                     .await
@@ -363,8 +368,11 @@ impl Upstream {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self
-            .client
+        self.request_on(&self.client, method, path)
+    }
+
+    fn request_on(&self, client: &reqwest::Client, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = client
             .request(method, format!("{}{path}", self.base))
             .timeout(self.timeout);
         if let Some(token) = &self.token {
