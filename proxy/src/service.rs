@@ -203,19 +203,23 @@ impl Service {
                 value: None,
                 shows_age: false,
             }),
-            Err(err) => match self.cache.stale(key).await {
-                Some(value) => {
-                    counters.stale.inc();
-                    tracing::warn!(key, cause = %err, "upstream failed; serving a stale entry");
-                    Ok(Lookup {
-                        status: CacheStatus::Stale,
-                        value: Some(value),
-                        shows_age: true,
-                    })
-                }
-                None => Err(err),
-            },
+            Err(err) => self.stale_or(key, err).await,
         }
+    }
+
+    /// After a failed upstream read: the entry the cache still holds past
+    /// its freshness, if any (`X-Cache: STALE`), else the failure.
+    async fn stale_or(&self, key: &str, failed: GetError) -> Result<Lookup, GetError> {
+        let Some(value) = self.cache.stale(key).await else {
+            return Err(failed);
+        };
+        self.counters.stale.inc();
+        tracing::warn!(key, cause = %failed, "upstream failed; serving a stale entry");
+        Ok(Lookup {
+            status: CacheStatus::Stale,
+            value: Some(value),
+            shows_age: true,
+        })
     }
 
     /// Reads `key` upstream without the cache (the feed cannot vouch for it).
@@ -248,18 +252,7 @@ impl Service {
                 GetError::Unreachable(err)
             }
         };
-        match self.cache.stale(key).await {
-            Some(value) => {
-                counters.stale.inc();
-                tracing::warn!(key, cause = %failed, "upstream failed; serving a stale entry");
-                Ok(Lookup {
-                    status: CacheStatus::Stale,
-                    value: Some(value),
-                    shows_age: true,
-                })
-            }
-            None => Err(failed),
-        }
+        self.stale_or(key, failed).await
     }
 
     /// Forwards a PUT or DELETE and, once the upstream has answered, makes sure
