@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 use kv_tests::{Proxy, Server, client};
 
 #[derive(Debug, Clone)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// A PUT or DELETE acknowledged at this revision.
     Wrote { revision: u64, value: Option<String> },
+    /// A PUT whose outcome is unknown (504 `outcome_unknown`, or no answer):
+    /// placed by the checker only if a read saw its value.
+    WroteUnknown { value: String },
     /// A DELETE of a key that was absent.
     DeleteMissed,
     /// A GET that saw this version and value.
@@ -28,21 +31,31 @@ enum Outcome {
 }
 
 #[derive(Debug, Clone)]
-struct Op {
+pub(crate) struct Op {
     client: usize,
     key: String,
     invoked: Instant,
     returned: Instant,
-    outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 /// Runs `clients` loops of random GET/PUT/DELETE on `keys` keys against `url` for `duration`.
 async fn record(url: &str, clients: usize, keys: usize, duration: Duration) -> Vec<Op> {
+    record_on(&[url], clients, keys, duration, false).await
+}
+
+/// [`record`] with client `i` on `urls[i % urls.len()]`. With `faults`
+/// (a cluster losing members underneath), an error answer is recorded as
+/// what it says: a failed read saw nothing, a PUT refused with 503
+/// `store_unavailable` wrote nothing, any other failed PUT has an unknown
+/// outcome; and there are no DELETEs, whose unknown outcomes nothing could
+/// place.
+pub(crate) async fn record_on(urls: &[&str], clients: usize, keys: usize, duration: Duration, faults: bool) -> Vec<Op> {
     let history: Arc<Mutex<Vec<Op>>> = Arc::default();
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for client_id in 0..clients {
-        let (url, history) = (url.to_owned(), history.clone());
+        let (url, history) = (urls[client_id % urls.len()].to_owned(), history.clone());
         tasks.push(tokio::spawn(async move {
             let http = client();
             let mut n = 0u64;
@@ -53,36 +66,53 @@ async fn record(url: &str, clients: usize, keys: usize, duration: Duration) -> V
                 let choice = (n * 31 + client_id as u64 * 17) % 10;
                 let invoked = Instant::now();
                 let outcome = if choice < 5 {
-                    let response = http.get(&target).send().await.unwrap();
-                    if response.status() == 404 {
-                        Outcome::ReadMissing
-                    } else {
-                        assert_eq!(response.status(), 200);
-                        let version = etag(response.headers().get("etag"));
-                        Outcome::Read {
-                            version,
-                            value: response.text().await.unwrap(),
+                    let response = match http.get(&target).send().await {
+                        Ok(response) if response.status() == 503 && faults => None,
+                        Ok(response) => Some(response),
+                        Err(_) if faults => None,
+                        Err(err) => panic!("GET {target}: {err}"),
+                    };
+                    match response {
+                        None => None,
+                        Some(response) if response.status() == 404 => Some(Outcome::ReadMissing),
+                        Some(response) => {
+                            assert_eq!(response.status(), 200);
+                            let version = etag(response.headers().get("etag"));
+                            Some(Outcome::Read {
+                                version,
+                                value: response.text().await.unwrap(),
+                            })
                         }
                     }
-                } else if choice < 9 {
+                } else if choice < 9 || faults {
                     let value = format!("c{client_id}-{n}");
-                    let response = http.put(&target).body(value.clone()).send().await.unwrap();
-                    assert!(response.status().is_success());
-                    Outcome::Wrote {
-                        revision: revision(&response),
-                        value: Some(value),
+                    match http.put(&target).body(value.clone()).send().await {
+                        Ok(response) if response.status().is_success() => Some(Outcome::Wrote {
+                            revision: revision(&response),
+                            value: Some(value),
+                        }),
+                        Ok(response) if faults => {
+                            let body = response.text().await.unwrap_or_default();
+                            (!body.contains("\"store_unavailable\"")).then_some(Outcome::WroteUnknown { value })
+                        }
+                        Err(_) if faults => Some(Outcome::WroteUnknown { value }),
+                        other => panic!("PUT {target}: {other:?}"),
                     }
                 } else {
                     let response = http.delete(&target).send().await.unwrap();
                     if response.status() == 404 {
-                        Outcome::DeleteMissed
+                        Some(Outcome::DeleteMissed)
                     } else {
                         assert_eq!(response.status(), 204);
-                        Outcome::Wrote {
+                        Some(Outcome::Wrote {
                             revision: revision(&response),
                             value: None,
-                        }
+                        })
                     }
+                };
+                let Some(outcome) = outcome else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
                 };
                 let op = Op {
                     client: client_id,
@@ -115,7 +145,31 @@ fn revision(response: &reqwest::Response) -> u64 {
 /// Linearizability violations in the history of one key (see the module comment):
 /// operations that cannot be placed in a legal order, so an inverted pair counts twice,
 /// plus reads of a value that no write with that version wrote.
-fn linearizability_violations(ops: &[Op]) -> usize {
+pub(crate) fn linearizability_violations(ops: &[Op]) -> usize {
+    // A write of unknown outcome that a read saw took effect at the version
+    // that read saw (values are unique); it may have returned at any time.
+    let seen: HashMap<&str, u64> = ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Read { version, value } => Some((value.as_str(), *version)),
+            _ => None,
+        })
+        .collect();
+    let placed: Vec<Op> = ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::WroteUnknown { value } => seen.get(value.as_str()).map(|revision| Op {
+                returned: op.invoked + Duration::from_secs(3600),
+                outcome: Outcome::Wrote {
+                    revision: *revision,
+                    value: Some(value.clone()),
+                },
+                ..op.clone()
+            }),
+            _ => Some(op.clone()),
+        })
+        .collect();
+    let ops = placed.as_slice();
     // Where each write's state begins and the next one's begins.
     let mut writes: Vec<(u64, Option<String>)> = ops
         .iter()
@@ -166,6 +220,7 @@ fn linearizability_violations(ops: &[Op]) -> usize {
             Outcome::Wrote { revision, .. } => (before..=after).contains(&(2 * revision)),
             Outcome::Read { version, .. } => (before..=after).contains(&(2 * version + 1)),
             Outcome::ReadMissing | Outcome::DeleteMissed => absent.iter().any(|p| (before..=after).contains(p)),
+            Outcome::WroteUnknown { .. } => true,
         };
         if !ok {
             violations += 1;
@@ -209,14 +264,14 @@ fn session_violations(ops: &[Op]) -> (usize, usize) {
                     ryw += usize::from(last_write > 0 && !own_delete_last && !deleted_after(last_write));
                     monotonic += usize::from(last_read > 0 && !deleted_after(last_read));
                 }
-                Outcome::DeleteMissed => {}
+                Outcome::DeleteMissed | Outcome::WroteUnknown { .. } => {}
             }
         }
     }
     (ryw, monotonic)
 }
 
-fn by_key(history: &[Op]) -> HashMap<&str, Vec<Op>> {
+pub(crate) fn by_key(history: &[Op]) -> HashMap<&str, Vec<Op>> {
     let mut keys: HashMap<&str, Vec<Op>> = HashMap::new();
     for op in history {
         keys.entry(op.key.as_str()).or_default().push(op.clone());
@@ -371,4 +426,18 @@ fn the_checkers_flag_stale_and_backward_reads() {
     // A value that no write with that version wrote.
     let forged = vec![op(0, 0, 10, wrote(1, "a")), op(1, 20, 30, read(1, "zzz"))];
     assert_eq!(linearizability_violations(&forged), 1);
+    // A write of unknown outcome that a read saw is placed where it was seen;
+    // one nobody saw is left out. But a read of it from before it was sent is
+    // still flagged.
+    let unknown = |value: &str| Outcome::WroteUnknown { value: value.into() };
+    let landed = vec![
+        op(0, 0, 10, wrote(1, "a")),
+        op(1, 20, 30, unknown("b")),
+        op(2, 40, 50, read(2, "b")),
+        op(1, 60, 70, unknown("c")),
+        op(2, 80, 90, read(2, "b")),
+    ];
+    assert_eq!(linearizability_violations(&landed), 0);
+    let early = vec![op(0, 0, 10, read(2, "b")), op(1, 20, 30, unknown("b"))];
+    assert!(linearizability_violations(&early) > 0);
 }

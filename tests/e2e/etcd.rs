@@ -493,6 +493,40 @@ mod cluster {
         );
     }
 
+    /// The consistency tests' linearizability checker, over two kv-servers
+    /// on one cluster, clients on both, and the leader killed in the middle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn histories_through_two_servers_across_a_leader_kill_are_linearizable() {
+        use crate::consistency::{Outcome, by_key, linearizability_violations, record_on};
+        let cluster = EtcdCluster::start();
+        let (a, b) = (cluster.server(&[]), cluster.server(&[]));
+        let leader = cluster.leader();
+        let urls = [a.url.as_str(), b.url.as_str()];
+        let (history, ()) = tokio::join!(
+            record_on(&urls, 8, 3, Duration::from_secs(8), true),
+            async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.kill9(leader.index);
+            }
+        );
+        let violations: usize = by_key(&history)
+            .values()
+            .map(|ops| linearizability_violations(ops))
+            .sum();
+        let unknown = history
+            .iter()
+            .filter(|op| matches!(op.outcome, Outcome::WroteUnknown { .. }))
+            .count();
+        eprintln!(
+            "linearizability over etcd, two kv-servers, leader m{} killed after 3 s of 8: {} operations on 3 \
+             keys by 8 clients ({unknown} writes of unknown outcome), violations {violations}",
+            leader.index,
+            history.len()
+        );
+        assert!(history.len() > 200, "{} operations", history.len());
+        assert_eq!(violations, 0);
+    }
+
     /// What became of one write, as its client saw it.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Seen {
@@ -575,6 +609,41 @@ mod cluster {
         }
     }
 
+    /// A writer's writes against what the store holds.
+    struct Checked {
+        /// Acknowledged, and missing or holding another value.
+        lost: Vec<u64>,
+        /// Answered 503 (not stored), yet stored.
+        appeared: Vec<u64>,
+        unknown: usize,
+        /// Of the unknown ones, those stored.
+        landed: usize,
+    }
+
+    impl Checked {
+        fn of(tally: &Tally, stored: &HashMap<String, String>, tag: &str) -> Self {
+            let mut checked = Self {
+                lost: Vec::new(),
+                appeared: Vec::new(),
+                unknown: 0,
+                landed: 0,
+            };
+            for (i, _, seen) in &tally.writes {
+                let value = stored.get(&format!("{tag}/{i}"));
+                match seen {
+                    Seen::Acked if value != Some(&i.to_string()) => checked.lost.push(*i),
+                    Seen::Refused if value.is_some() => checked.appeared.push(*i),
+                    Seen::Unknown => {
+                        checked.unknown += 1;
+                        checked.landed += usize::from(value.is_some());
+                    }
+                    _ => {}
+                }
+            }
+            checked
+        }
+    }
+
     /// Every `<prefix>` key and its value, from an NDJSON DUMP through `base`.
     async fn dump(http: &Client, base: &str, prefix: &str) -> HashMap<String, String> {
         let response = http
@@ -609,7 +678,8 @@ mod cluster {
     }
 
     /// The fault tests of a cluster under a steady writer, one cluster for
-    /// all: kill -9 a follower (no write fails); kill -9 the leader
+    /// all: kill -9 a follower (no write fails but one in flight to it, as
+    /// outcome_unknown); kill -9 the leader
     /// `KV_ETCD_LEADER_KILLS` times (10 by default), bringing it back each
     /// time (writes resume; the gaps are printed); kill -9 the kv-server the
     /// writer uses; then check every write against the store, through the
@@ -624,7 +694,8 @@ mod cluster {
         let mut doomed = cluster.server(&[]);
         let http = client();
 
-        // kill -9 a follower: a quorum remains, no write fails.
+        // kill -9 a follower: a quorum remains; no write fails but one in
+        // flight to it.
         let follower = cluster
             .members()
             .into_iter()
@@ -645,19 +716,29 @@ mod cluster {
         stop.store(true, Ordering::Relaxed);
         task.await.unwrap();
         {
+            let stored = dump(&http, &server.url, "f/").await;
             let tally = tally.lock().unwrap();
+            let check = Checked::of(&tally, &stored, "f");
             eprintln!(
-                "kill -9 of follower m{} under a writer: {} writes ok, {} errors {:?}",
+                "kill -9 of follower m{} under a writer: {} writes acknowledged, {} lost; {} errors, {} of \
+                 them outcome_unknown, of which {} landed: {:?}",
                 follower.index,
                 tally.ok(),
+                check.lost.len(),
                 tally.errors.len(),
+                check.unknown,
+                check.landed,
                 tally.errors.iter().take(3).collect::<Vec<_>>()
             );
             assert!(tally.ok() > 0, "writes went through");
+            assert!(check.lost.is_empty(), "acknowledged writes missing: {:?}", check.lost);
+            // The one writer's put in flight to the member as it died (seen in
+            // 1 run of 3 here): sent, never applied, and nothing can tell, so
+            // outcome_unknown; etcd's own client does not retry such a write.
             assert!(
-                tally.errors.is_empty(),
-                "no write failed: {:?}",
-                tally.errors.iter().take(3).collect::<Vec<_>>()
+                tally.errors.len() <= 1 && tally.errors.iter().all(|(_, e)| e.contains("outcome_unknown")),
+                "a follower's death fails at most the writes in flight to it, as unknown: {:?}",
+                tally.errors
             );
         }
         cluster.restart(follower.index);
@@ -727,20 +808,12 @@ mod cluster {
             );
         }
         // Every write, checked against the store through the other kv-server.
-        let stored = dump(&http, &server.url, "l/").await;
-        let (mut lost, mut appeared, mut landed, mut unknown) = (Vec::new(), Vec::new(), 0, 0);
-        for (i, _, seen) in &tally.writes {
-            let value = stored.get(&format!("l/{i}"));
-            match seen {
-                Seen::Acked if value != Some(&i.to_string()) => lost.push(*i),
-                Seen::Refused if value.is_some() => appeared.push(*i),
-                Seen::Unknown => {
-                    unknown += 1;
-                    landed += usize::from(value.is_some());
-                }
-                _ => {}
-            }
-        }
+        let Checked {
+            lost,
+            appeared,
+            unknown,
+            landed,
+        } = Checked::of(&tally, &dump(&http, &server.url, "l/").await, "l");
         eprintln!(
             "{kills} leader kills under a writer: the longest pause between two acknowledged writes was \
              {:.2} s (median {:.2} s, shortest {:.2} s); {} writes acknowledged, {} lost; {} refused \
