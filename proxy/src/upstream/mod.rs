@@ -108,7 +108,12 @@ pub const BATCH_BODY_TIME: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    /// One client, and so one connection pool, per worker runtime
+    /// ([`kv_edge::workers`]), and one more for every other thread: reqwest
+    /// drives a connection on the runtime that opened it, so a shared pool
+    /// hands a worker connections driven by another thread, and every
+    /// forwarded request then wakes that thread and back.
+    clients: Arc<[reqwest::Client]>,
     /// For batches: no read timeout (a batch's answer comes only after its
     /// whole body has streamed through and been written), a total one instead.
     batch_client: reqwest::Client,
@@ -144,7 +149,9 @@ impl Upstream {
                     .http1_only(),
             )
         };
-        let client = kv_edge::client::build(builder()?.read_timeout(timeout))?;
+        let clients = (0..=kv_edge::workers::count())
+            .map(|_| kv_edge::client::build(builder()?.read_timeout(timeout)))
+            .collect::<Result<Arc<[_]>, String>>()?;
         let batch_client = kv_edge::client::build(builder()?)?;
         let fresh_client = kv_edge::client::build(builder()?.read_timeout(timeout).pool_max_idle_per_host(0))?;
         let token = token
@@ -154,7 +161,7 @@ impl Upstream {
             })
             .transpose()?;
         Ok(Self {
-            client,
+            clients,
             batch_client,
             fresh_client,
             base,
@@ -162,6 +169,12 @@ impl Upstream {
             token,
             identity: Arc::default(),
         })
+    }
+
+    /// This thread's client: its worker's, or the last one off the workers.
+    fn client(&self) -> &reqwest::Client {
+        let last = self.clients.len() - 1;
+        &self.clients[kv_edge::workers::current().map_or(last, |i| i.min(last))]
     }
 
     pub fn upstream(&self) -> &str {
@@ -301,7 +314,7 @@ impl Upstream {
         path_and_query: &str,
         accept: Option<&HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.get(format!("{}{path_and_query}", self.base));
+        let mut request = self.client().get(format!("{}{path_and_query}", self.base));
         if let Some(accept) = accept {
             request = request.header(header::ACCEPT, accept);
         }
@@ -327,7 +340,7 @@ impl Upstream {
         accept: Option<&HeaderValue>,
         last_event_id: Option<&HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.get(format!("{}{path_and_query}", self.base));
+        let mut request = self.client().get(format!("{}{path_and_query}", self.base));
         if let Some(accept) = accept {
             request = request.header(header::ACCEPT, accept);
         }
@@ -368,7 +381,7 @@ impl Upstream {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.request_on(&self.client, method, path)
+        self.request_on(self.client(), method, path)
     }
 
     fn request_on(&self, client: &reqwest::Client, method: Method, path: &str) -> reqwest::RequestBuilder {

@@ -1,5 +1,6 @@
 //! The per-core runtimes connections are served on.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,9 +22,25 @@ pub struct Workers {
     _stop: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// How many worker runtimes [`Workers::start`] makes: one per core.
+pub fn count() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// The index of the worker runtime this thread runs, `None` off the workers.
+/// A client that keeps one connection pool per worker picks its pool by it,
+/// so that a forwarded request and its upstream connection share a thread.
+pub fn current() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
 impl Workers {
     pub fn start() -> std::io::Result<Self> {
-        let count = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let count = count();
         let (mut handles, mut stops) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for i in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -32,6 +49,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("kv-http-{i}"))
                 .spawn(move || {
+                    WORKER.with(|worker| worker.set(Some(i)));
                     let _ = runtime.block_on(stopped);
                 })?;
             stops.push(stop);
