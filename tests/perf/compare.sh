@@ -13,7 +13,7 @@
 #   CONNECTIONS  concurrent connections for every load generator                    [64]
 #   THREADS      wrk threads                                                         [2]
 #   REDIS_REQUESTS  requests per redis-benchmark run                                [200000]
-#   PORT_BASE    first of the 13 loopback ports used                                [18400]
+#   PORT_BASE    first of the 15 loopback ports used                                [18400]
 #   SKIP_BUILD=1 use the kv binaries already in target/release
 #   KEEP_TMP=1   keep the temporary directory (logs, raw outputs) and print its path
 #   OUT=FILE     also write the table (with its header) to FILE
@@ -48,6 +48,8 @@ REDIS_AOF_PORT=$((PORT_BASE + 9))    # appendonly yes, appendfsync always
 ETCD_PORT=$((PORT_BASE + 10))
 ETCD_PEER_PORT=$((PORT_BASE + 11))
 AXUM_HELLO_PORT=$((PORT_BASE + 12))
+KV_PROXY_MISS_PORT=$((PORT_BASE + 13))  # kv-proxy with --cache-ttl 1ms: every GET a miss
+NGINX_PASS_PORT=$((PORT_BASE + 14))     # nginx proxy_pass, no cache
 
 COMMAND="KEYS=$KEYS ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash tests/perf/compare.sh"
 
@@ -162,6 +164,7 @@ render() {
         -e "s|@KV_SERVER_PORT@|$KV_SERVER_PORT|g" \
         -e "s|@NGINX_CACHE_PORT@|$NGINX_CACHE_PORT|g" \
         -e "s|@NGINX_HELLO_PORT@|$NGINX_HELLO_PORT|g" \
+        -e "s|@NGINX_PASS_PORT@|$NGINX_PASS_PORT|g" \
         -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
         -e "s|@WEBDIS_PORT@|$WEBDIS_PORT|g" \
         "$1" >"$2"
@@ -169,7 +172,7 @@ render() {
 
 start_everything() {
     local port
-    for port in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 11))); do
+    for port in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 14))); do
         port_open "$port" && die "port $port is in use; set PORT_BASE to a free range"
     done
     local bin="$TARGET_DIR/release"
@@ -184,6 +187,10 @@ start_everything() {
         --telnet-listen "127.0.0.1:$KV_TELNET_PORT" --cache-ttl 60s
     wait_port kv-proxy "$KV_PROXY_PORT"
     wait_port kv-proxy "$KV_TELNET_PORT"
+    # The forward path: a GET miss every time (entries live 1 ms).
+    start kv-proxy-miss "$bin/kv-proxy" --listen "127.0.0.1:$KV_PROXY_MISS_PORT" \
+        --upstream "http://127.0.0.1:$KV_SERVER_PORT" --telnet-listen off --cache-ttl 1ms
+    wait_port kv-proxy-miss "$KV_PROXY_MISS_PORT"
 
     log "starting the trivial axum server"
     start axum-hello "$TARGET_DIR/release/examples/hello" "127.0.0.1:$AXUM_HELLO_PORT"
@@ -195,6 +202,7 @@ start_everything() {
     start nginx nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf"
     wait_port nginx "$NGINX_CACHE_PORT"
     wait_port nginx "$NGINX_HELLO_PORT"
+    wait_port nginx "$NGINX_PASS_PORT"
 
     log "starting Varnish"
     render "$HERE/varnish.vcl" "$TMP/varnish.vcl"
@@ -307,12 +315,16 @@ round() {
     warm varnish "$VARNISH_PORT" X-Cache
     run_wrk varnish "$r" "$VARNISH_PORT" get.lua
     run_wrk kvserver_get "$r" "$KV_SERVER_PORT" get.lua
+    # The forward path: misses through each proxy, in front of the same kv-server.
+    run_wrk kvproxy_miss "$r" "$KV_PROXY_MISS_PORT" get.lua
+    run_wrk nginx_pass_get "$r" "$NGINX_PASS_PORT" get.lua
     run_wrk webdis_get "$r" "$WEBDIS_PORT" get.lua /GET/
     run_redis_benchmark redis_get "$r" "$REDIS_PORT" get
     run_kv_bench redis_get_kvbench "$r" --resp "127.0.0.1:$REDIS_PORT" --ratio 1:0
     # Durable writes, 64 writers, then the ones that do not fsync.
     run_wrk kvserver_put "$r" "$KV_SERVER_PORT" kv_put.lua
     run_wrk kvproxy_put "$r" "$KV_PROXY_PORT" kv_put.lua
+    run_wrk nginx_pass_put "$r" "$NGINX_PASS_PORT" kv_put.lua
     run_wrk etcd_put "$r" "$ETCD_PORT" etcd_put.lua
     run_redis_benchmark redis_aof_set "$r" "$REDIS_AOF_PORT" set
     run_kv_bench redis_aof_set_kvbench "$r" --resp "127.0.0.1:$REDIS_AOF_PORT" --ratio 0:1

@@ -225,7 +225,9 @@ GROUPS = [
       ("redis_aof_set_kvbench", None, False)]),
     ("Line protocol GET (cache hits)", "kvtelnet_get",
      [("redis_get", 1.0, False), ("redis_get_kvbench", 1.0, False)]),
-    ("Extra: writes through the proxy", "kvproxy_put", []),
+    ("Forward path: GET miss through the proxy", "kvproxy_miss", [("nginx_pass_get", 1.2, False)]),
+    ("Forward path: PUT through the proxy", "kvproxy_put",
+     [("nginx_pass_put", 1.2, False), ("kvserver_put", 0.6, False)]),
 ]
 
 LABELS = {
@@ -245,6 +247,9 @@ LABELS = {
     "redis_get": "redis GET (redis-benchmark)",
     "redis_get_kvbench": "redis GET (kv bench --resp)",
     "kvproxy_put": "**kv-proxy** PUT /kv/{key} (fsync on server)",
+    "kvproxy_miss": "**kv-proxy** GET /kv/{key} (miss: `--cache-ttl 1ms`)",
+    "nginx_pass_get": "nginx proxy_pass GET (no cache, keep-alive 64)",
+    "nginx_pass_put": "nginx proxy_pass PUT (keep-alive 64)",
 }
 
 TOOLS = {
