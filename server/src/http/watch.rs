@@ -13,7 +13,7 @@
 //! (`activity::WRITE_STALL`); the progress lines find dead ones.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -30,6 +30,19 @@ use crate::store::feed::{Record, SubscribeError, Subscription};
 
 /// Records read from the history per chunk sent.
 const BATCH: usize = 256;
+
+/// The least time between two chunks to one subscriber, per subscriber the
+/// feed has, up to [`MAX_COALESCE`]. Under a stream of writes, a subscriber
+/// woken by every group commit costs a wake-up and a write(2) per group;
+/// with 100 subscribers that halved the writes a server could take (4.7 k/s
+/// of 10 k offered). Waiting out the rest of this after a chunk lets the next
+/// one carry what came meanwhile (6.2-7.3 k/s with 2 ms). Scaled by the
+/// count, so that a few proxies keeping their caches current are not
+/// delayed (2 ms for everyone put the staleness p99 under 1,000 writes/s at
+/// 7.4 ms, from 4.2). A quiet feed is never delayed: the first change after
+/// a pause goes out at once.
+const COALESCE_PER_WATCHER: Duration = Duration::from_micros(20);
+const MAX_COALESCE: Duration = Duration::from_millis(2);
 
 /// `GET /kv`: a watch when the query asks for one, else DUMP.
 pub(super) async fn dump_or_watch(
@@ -217,6 +230,12 @@ impl Watcher {
         }
         if self.ended {
             return None;
+        }
+        let watchers = u32::try_from(self.subscription.watchers()).unwrap_or(u32::MAX);
+        let coalesce = COALESCE_PER_WATCHER.saturating_mul(watchers).min(MAX_COALESCE);
+        let since = self.last_sent.elapsed();
+        if since < coalesce {
+            tokio::time::sleep(coalesce - since).await;
         }
         loop {
             match self.subscription.read(BATCH) {

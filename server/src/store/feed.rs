@@ -286,6 +286,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Subscribers of the feed right now, this one included.
+    pub fn watchers(&self) -> usize {
+        self.feed.watchers()
+    }
+
     /// Every revision up to this one has been read.
     pub fn position(&self) -> u64 {
         self.next - 1
