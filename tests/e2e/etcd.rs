@@ -502,13 +502,10 @@ mod cluster {
         let (a, b) = (cluster.server(&[]), cluster.server(&[]));
         let leader = cluster.leader();
         let urls = [a.url.as_str(), b.url.as_str()];
-        let (history, ()) = tokio::join!(
-            record_on(&urls, 8, 3, Duration::from_secs(8), true),
-            async {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                cluster.kill9(leader.index);
-            }
-        );
+        let (history, ()) = tokio::join!(record_on(&urls, 8, 3, Duration::from_secs(8), true), async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.kill9(leader.index);
+        });
         let violations: usize = by_key(&history)
             .values()
             .map(|ops| linearizability_violations(ops))
