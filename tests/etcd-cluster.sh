@@ -8,6 +8,8 @@
 #   tests/etcd-cluster.sh stop DIR    # stops the members (SIGTERM, then KILL)
 #   tests/etcd-cluster.sh restart DIR N  # starts member N again on its data
 #                                     # (after a kill), as it was started
+#   tests/etcd-cluster.sh kill-leader DIR  # kill -9 the member that leads;
+#                                     # prints its number N
 #
 # KV_ETCD_FLAGS adds flags to every member (`start` only), e.g.
 # "--quota-backend-bytes 16777216" for a small space quota.
@@ -22,7 +24,7 @@
 # pid, and client URL. Needs etcd and etcdctl (Debian: etcd-server, etcd-client).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR, or $0 restart DIR N" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|kill-leader DIR, or $0 restart DIR N" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1
 dir=$2
@@ -111,6 +113,21 @@ case "$cmd" in
     ;;
   stop)
     stop_members
+    ;;
+  kill-leader)
+    for i in 1 2 3; do
+      m="$dir/m$i"
+      [ -f "$m/pid" ] || continue
+      status=$(ETCDCTL_API=3 etcdctl --endpoints "$(cat "$m/url")" --command-timeout=2s endpoint status -w json 2>/dev/null) || continue
+      if python3 -c 'import json,sys; s=json.loads(sys.argv[1])[0]["Status"]; sys.exit(0 if s["leader"] == s["header"]["member_id"] else 1)' "$status"; then
+        kill -KILL "$(cat "$m/pid")"
+        rm -f "$m/pid"
+        echo "$i"
+        exit 0
+      fi
+    done
+    echo "no member of $dir leads" >&2
+    exit 1
     ;;
   restart)
     [ $# -eq 3 ] || usage
