@@ -198,33 +198,12 @@ async fn delete_key(
 async fn batch(State(state): State<Arc<ProxyState>>, request: Request) -> Result<Response, ProxyError> {
     let limit = kv_api::batch::max_body_bytes(state.max_value_bytes);
     let (parts, body) = request.into_parts();
-    let length = match parts.headers.get(header::CONTENT_LENGTH) {
-        Some(length) => {
-            let length: u64 = length
-                .to_str()
-                .ok()
-                .and_then(|l| l.parse().ok())
-                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
-            if length > limit as u64 {
-                return Err(ApiError::new(
-                    ErrorCode::ValueTooLarge,
-                    format!("a batch body may be at most {limit} bytes; split it into several POSTs"),
-                )
-                .into());
-            }
-            Some(length)
-        }
-        None if parts.version < axum::http::Version::HTTP_2
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING) =>
-        {
-            return Err(ApiError::new(
-                ErrorCode::LengthRequired,
-                "a batch (POST /kv) needs a Content-Length header (or chunked transfer encoding)",
-            )
-            .into());
-        }
-        None => None,
-    };
+    let length = kv_edge::request::body_length(&parts.headers, parts.version, limit, || {
+        ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("a batch body may be at most {limit} bytes; split it into several POSTs"),
+        )
+    })?;
     match state.service.batch(&parts.headers, body, length, limit).await {
         Ok(passed) => Ok(relayed_response(passed)),
         Err(crate::service::BatchFailure::Client(err)) => Err(err.into()),

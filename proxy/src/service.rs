@@ -271,16 +271,14 @@ impl Service {
         body: Bytes,
     ) -> Result<Relayed, UpstreamError> {
         let (this, key, headers) = (self.clone(), key.to_owned(), headers.clone());
-        let task =
-            tokio::spawn(async move { this.write_through(method, &key, query.as_deref(), &headers, body).await });
-        match task.await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(UpstreamError::Unavailable {
-                upstream: self.upstream.upstream().to_owned(),
-                cause: format!("the write was cancelled: {err}"),
-            }),
-        }
+        to_completion(async move { this.write_through(method, &key, query.as_deref(), &headers, body).await })
+            .await
+            .unwrap_or_else(|cancelled| {
+                Err(UpstreamError::Unavailable {
+                    upstream: self.upstream.upstream().to_owned(),
+                    cause: format!("the write was cancelled: {cancelled}"),
+                })
+            })
     }
 
     async fn write_through(
@@ -310,6 +308,18 @@ impl Service {
             self.cache.invalidate(key, revision).await;
         }
         result
+    }
+}
+
+/// Runs `work` in a task of its own, to completion whatever becomes of the
+/// caller (hyper drops a handler whose client went away); a panic in it is
+/// the caller's panic. `Err`: the runtime cancelled the task (shutdown).
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match tokio::spawn(work).await {
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        other => other,
     }
 }
 
@@ -365,15 +375,14 @@ impl Service {
         limit: usize,
     ) -> Result<Relayed, BatchFailure> {
         let (this, headers) = (self.clone(), headers.clone());
-        let task = tokio::spawn(async move { this.batch_through(&headers, body, length, limit).await });
-        match task.await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(BatchFailure::Upstream(UpstreamError::Unavailable {
-                upstream: self.upstream.upstream().to_owned(),
-                cause: format!("the batch was cancelled: {err}"),
-            })),
-        }
+        to_completion(async move { this.batch_through(&headers, body, length, limit).await })
+            .await
+            .unwrap_or_else(|cancelled| {
+                Err(BatchFailure::Upstream(UpstreamError::Unavailable {
+                    upstream: self.upstream.upstream().to_owned(),
+                    cause: format!("the batch was cancelled: {cancelled}"),
+                }))
+            })
     }
 
     async fn batch_through(

@@ -26,8 +26,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-/// Reads a PUT (or batch) body, refusing it as soon as it is known to be too large.
-pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// The declared length of a PUT or batch body, if any: refused as soon as
+/// it is over `limit` (with `too_large`'s answer), or when HTTP/1 gives
+/// neither a length nor chunked encoding.
+pub fn body_length(
+    headers: &HeaderMap,
+    version: Version,
+    limit: usize,
+    too_large: impl FnOnce() -> ApiError,
+) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(length) => {
             let length: u64 = length
@@ -36,18 +43,22 @@ pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit:
                 .and_then(|l| l.parse().ok())
                 .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
             if length > limit as u64 {
-                return Err(ApiError::too_large(limit));
+                return Err(too_large());
             }
+            Ok(Some(length))
         }
         // HTTP/2 frames its own bodies; HTTP/1 needs a length or chunked encoding.
-        None if version < Version::HTTP_2 && !headers.contains_key(header::TRANSFER_ENCODING) => {
-            return Err(ApiError::new(
-                ErrorCode::LengthRequired,
-                "a PUT or a batch (POST /kv) needs a Content-Length header (or chunked transfer encoding)",
-            ));
-        }
-        None => {}
+        None if version < Version::HTTP_2 && !headers.contains_key(header::TRANSFER_ENCODING) => Err(ApiError::new(
+            ErrorCode::LengthRequired,
+            "a PUT or a batch (POST /kv) needs a Content-Length header (or chunked transfer encoding)",
+        )),
+        None => Ok(None),
     }
+}
+
+/// Reads a PUT (or batch) body, refusing it as soon as it is known to be too large.
+pub async fn read_body(headers: &HeaderMap, version: Version, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    body_length(headers, version, limit, || ApiError::too_large(limit))?;
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
