@@ -423,8 +423,14 @@ impl EtcdStore {
             return None;
         }
         // A proposal forwarded by a member that died may still reach the
-        // leader's log a moment later: look a few times.
-        for pause in [0u64, 100, 300] {
+        // leader's log a moment later: look a few times. A NOSPACE answer
+        // comes after the write was applied, or not at all: once is enough.
+        let pauses: &[u64] = if matches!(failed, StoreError::NoSpace(_)) {
+            &[0]
+        } else {
+            &[0, 100, 300]
+        };
+        for &pause in pauses {
             tokio::time::sleep(Duration::from_millis(pause)).await;
             if let Ok(Some(current)) = self.read_current(full).await
                 && current.envelope.write_id == id
