@@ -194,7 +194,9 @@ mod cluster {
             .collect();
         assert_eq!(keys, ["dir/0", "dir/1", "dir/2"]);
         assert_eq!(page["items"][0]["content_type"], "text/plain");
-        assert_eq!(page["next"], "dir/2");
+        // Pinned to the revision the first page was read at (see below).
+        let next = page["next"].as_str().expect("a cursor");
+        assert!(next.starts_with("./") && next.ends_with("/dir/2"), "{next}");
         let rest: Value = crate::server::json(
             http.get(format!("{}/kv?prefix=dir/&after=dir/2", server.url))
                 .header("accept", "application/json")
@@ -240,6 +242,138 @@ mod cluster {
             crate::server::json(http.get(format!("{}/healthz", server.url)).send().await.unwrap()).await;
         assert_eq!(health["status"], "ok");
         eprintln!("over etcd: {health}");
+    }
+
+    async fn dump_page(http: &Client, base: &str, query: &str) -> (u64, Value) {
+        let response = http
+            .get(format!("{base}/kv?{query}"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET /kv?{query}");
+        (revision(&response), crate::server::json(response).await)
+    }
+
+    fn item_keys(page: &Value) -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    // A listing over etcd is one snapshot: the pages after the first read
+    // at its revision (the cursor carries it), whatever is written between
+    // them, through any kv-server of the cluster, until etcd compacts it;
+    // then 410, "start again". A plain key as `after` reads the latest.
+    #[tokio::test]
+    async fn a_listings_pages_are_one_snapshot_until_compacted() {
+        let cluster = EtcdCluster::start();
+        let (one, two) = (cluster.server(&[]), cluster.server(&[]));
+        let http = client();
+        for i in 0..6 {
+            let url = format!("{}/kv/dir/{i}", one.url);
+            assert_eq!(http.put(&url).body(format!("v{i}")).send().await.unwrap().status(), 201);
+        }
+        let (read_at, first) = dump_page(&http, &one.url, "prefix=dir/&limit=3").await;
+        assert_eq!(item_keys(&first), ["dir/0", "dir/1", "dir/2"]);
+        let next = first["next"].as_str().expect("a cursor").to_owned();
+        assert_eq!(
+            next,
+            format!("./{read_at}/dir/2"),
+            "the cursor carries the page's revision"
+        );
+
+        // Between the pages: a key removed, a key added, a value changed.
+        let on_two = |key: &str| format!("{}/kv/{key}", two.url);
+        assert_eq!(http.delete(on_two("dir/3")).send().await.unwrap().status(), 204);
+        assert_eq!(
+            http.put(on_two("dir/2a")).body("new").send().await.unwrap().status(),
+            201
+        );
+        assert_eq!(
+            http.put(on_two("dir/4")).body("changed").send().await.unwrap().status(),
+            200
+        );
+
+        let after = kv_api::key::encode_query_component(&next);
+        for base in [&one.url, &two.url] {
+            let (at, second) = dump_page(&http, base, &format!("prefix=dir/&limit=10&after={after}")).await;
+            assert_eq!(at, read_at, "a pinned page says the revision it was read at");
+            assert_eq!(
+                item_keys(&second),
+                ["dir/3", "dir/4", "dir/5"],
+                "the snapshot, through {base}"
+            );
+            assert_eq!(second["items"][1]["value"], "v4");
+            assert_eq!(second["next"], Value::Null);
+        }
+        let ndjson = http
+            .get(format!("{}/kv?prefix=dir/&after={after}", two.url))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revision(&ndjson), read_at);
+        let streamed: Vec<String> = ndjson
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(streamed, ["dir/3", "dir/4", "dir/5"], "NDJSON from a pinned cursor");
+        let (_, latest) = dump_page(&http, &one.url, "prefix=dir/&after=dir/2").await;
+        assert_eq!(
+            item_keys(&latest),
+            ["dir/2a", "dir/4", "dir/5"],
+            "a plain key reads the latest"
+        );
+
+        // A revision this cluster has not reached is the client's mistake.
+        let ahead = kv_api::key::encode_query_component("./999999999/dir/2");
+        let response = http
+            .get(format!("{}/kv?prefix=dir/&after={ahead}", one.url))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(response, 400).await, "bad_request");
+
+        // etcd compacts past the listing's revision: the listing cannot go on.
+        let current = revision(&http.get(on_two("dir/4")).send().await.unwrap());
+        let status = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &cluster.endpoints, "compact", &current.to_string()])
+            .status()
+            .expect("run etcdctl compact");
+        assert!(status.success(), "etcdctl compact {current}");
+        let response = http
+            .get(format!("{}/kv?prefix=dir/&after={after}", one.url))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 410);
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default();
+        eprintln!("a page of a compacted listing: {body}");
+        assert_eq!(body["error"], "revision_compacted", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("start the listing again"),
+            "{body}"
+        );
+        let (_, again) = dump_page(&http, &one.url, "prefix=dir/").await;
+        assert_eq!(
+            item_keys(&again),
+            ["dir/0", "dir/1", "dir/2", "dir/2a", "dir/4", "dir/5"]
+        );
     }
 
     #[tokio::test]

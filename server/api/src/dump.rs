@@ -44,6 +44,45 @@ pub const MAX_PAGE: usize = 10_000;
 /// many bytes (at least one item, whatever its size); its `next` continues it.
 pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
+/// A page cursor, the `next` of a JSON page that `after` takes back.
+///
+/// An engine that can read at a past revision (etcd) pins a listing to the
+/// revision of its first page, so that its pages together are one snapshot:
+/// the cursor then carries that revision, as `./<rev>/<key>`. No key can
+/// start so (`.` is not a valid first segment, see [`key::validate`]), so a
+/// plain key given as `after` still means "after this key, at the latest
+/// revision", and clients page exactly as they always have, passing `next`
+/// back verbatim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor<'a> {
+    /// The revision the listing is read at; `None`: the latest.
+    pub at: Option<u64>,
+    /// Start strictly after this key.
+    pub after: &'a str,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn parse(text: &'a str) -> Self {
+        let pinned = text.strip_prefix("./").and_then(|rest| {
+            let (rev, after) = rest.split_once('/')?;
+            let at = rev
+                .parse::<u64>()
+                .ok()
+                .filter(|_| rev.bytes().all(|b| b.is_ascii_digit()))?;
+            Some(Self { at: Some(at), after })
+        });
+        pinned.unwrap_or(Self { at: None, after: text })
+    }
+
+    /// The `next` of a page whose last key is `after`.
+    pub fn render(at: Option<u64>, after: &str) -> String {
+        match at {
+            Some(at) => format!("./{at}/{after}"),
+            None => after.to_owned(),
+        }
+    }
+}
+
 /// The query of a DUMP, `GET /kv?prefix=&limit=&after=&keys_only=`, parsed
 /// and checked. The proxy forwards the query it rebuilds from this, never
 /// the raw string it received.
@@ -53,7 +92,7 @@ pub struct Query {
     /// At most [`MAX_PAGE`]; `None` for the default page (JSON, HTML) or
     /// everything (NDJSON, text).
     pub limit: Option<usize>,
-    /// The page cursor: start strictly after this key.
+    /// The page cursor (a [`Cursor`]): start strictly after this key.
     pub after: Option<String>,
     pub keys_only: bool,
 }
@@ -296,6 +335,27 @@ mod tests {
 
     fn entry(key: &str, value: &[u8]) -> Entry {
         Entry::new(key, value.to_vec(), DEFAULT_CONTENT_TYPE, 7)
+    }
+
+    #[test]
+    fn a_pinned_cursor_carries_its_revision_and_a_plain_key_does_not() {
+        let pinned = Cursor::render(Some(42), "a/./b c");
+        assert_eq!(pinned, "./42/a/./b c");
+        assert_eq!(
+            Cursor::parse(&pinned),
+            Cursor {
+                at: Some(42),
+                after: "a/./b c"
+            }
+        );
+        assert_eq!(Cursor::render(None, "a/b"), "a/b");
+        for plain in ["a/b", "./x/y", "./12", ".//k", "./+1/k", "name"] {
+            assert_eq!(Cursor::parse(plain), Cursor { at: None, after: plain }, "{plain}");
+        }
+        assert!(
+            key::validate("./42/k").is_err(),
+            "no key can be mistaken for a pinned cursor"
+        );
     }
 
     #[test]

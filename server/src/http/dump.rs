@@ -9,9 +9,11 @@ use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderValue;
 use axum::http::header::{self, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use kv_api::condition::X_KV_REVISION;
 use kv_api::dump::{self, DEFAULT_PAGE, Format, MAX_PAGE_BYTES, Query};
 use kv_api::{ApiError, ErrorCode};
 use tokio::sync::Semaphore;
@@ -47,6 +49,9 @@ pub(super) async fn dump(
         after,
         keys_only,
     } = query;
+    let cursor = after.as_deref().map(dump::Cursor::parse);
+    let at = cursor.and_then(|c| c.at);
+    let after = cursor.map(|c| c.after.to_owned());
     let content_type = [(header::CONTENT_TYPE, format.content_type())];
     match format {
         // HTML went to the listing above.
@@ -55,6 +60,7 @@ pub(super) async fn dump(
             let scan = Scan {
                 prefix: prefix.clone(),
                 after,
+                at,
                 limit,
                 max_bytes: MAX_PAGE_BYTES,
                 keys_only,
@@ -63,22 +69,36 @@ pub(super) async fn dump(
             // on the serving runtime it would stall every connection there.
             let _permit = SCANS.acquire().await.map_err(|_| StoreError::Closed)?;
             let scanned = state.store.scan(scan).await?;
+            let read_at = scanned.revision;
             let page = off_runtime(move || Ok(json_page(scanned, keys_only))).await?;
-            Ok((content_type, page).into_response())
+            let mut response = (content_type, page).into_response();
+            if let Some(read_at) = read_at {
+                response
+                    .headers_mut()
+                    .insert(X_KV_REVISION.clone(), HeaderValue::from(read_at));
+            }
+            Ok(response)
         }
         Format::Ndjson | Format::Text => {
             let scan = Scan {
                 prefix,
                 after,
+                at,
                 limit: limit.unwrap_or(usize::MAX),
                 max_bytes: STREAM_CHUNK_BYTES,
                 keys_only,
             };
-            Ok((
+            let mut response = (
                 content_type,
                 Body::from_stream(stream_entries(state.store.clone(), scan, format)),
             )
-                .into_response())
+                .into_response();
+            if let Some(at) = at {
+                response
+                    .headers_mut()
+                    .insert(X_KV_REVISION.clone(), HeaderValue::from(at));
+            }
+            Ok(response)
         }
     }
 }
@@ -103,7 +123,11 @@ async fn off_runtime<T: Send + 'static>(
 /// than the values it carries); `next` then continues after the last item in it.
 /// Each entry is dropped once written.
 fn json_page(scanned: Scanned, keys_only: bool) -> Bytes {
-    let Scanned { entries, more } = scanned;
+    let Scanned {
+        entries,
+        more,
+        revision,
+    } = scanned;
     let count = entries.len();
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"items\":[");
@@ -115,7 +139,7 @@ fn json_page(scanned: Scanned, keys_only: bool) -> Bytes {
         serde_json::to_writer(&mut out, &dump::Item::from_entry(&entry, keys_only)).expect("an item serialises");
         let last = i + 1 == count;
         if (last && more) || (!last && out.len() >= MAX_PAGE_BYTES) {
-            next = Some(entry.key);
+            next = Some(dump::Cursor::render(revision, &entry.key));
             break;
         }
     }
@@ -146,7 +170,11 @@ fn stream_entries(
             };
             let keys_only = scan.keys_only;
             let _permit = SCANS.acquire().await.map_err(|_| StoreError::Closed)?;
-            let Scanned { entries, more } = store.scan(chunk).await?;
+            let Scanned {
+                entries,
+                more,
+                revision,
+            } = store.scan(chunk).await?;
             let (out, count, last, more) = off_runtime(move || {
                 let mut out = Vec::with_capacity(entries.len() * 64);
                 for entry in &entries {
@@ -163,6 +191,8 @@ fn stream_entries(
             };
             scan.limit -= count;
             scan.after = Some(last);
+            // The chunks after the first read where it did: one snapshot.
+            scan.at = scan.at.or(revision);
             Ok(Some((Bytes::from(out), more.then_some(scan))))
         }
     })

@@ -31,14 +31,13 @@ pub(super) async fn listing(state: &AppState, query: &Query) -> Result<Response,
     // Before the scan: the live page follows the feed from here, so a write
     // racing the scan is applied (or skipped, if the scan saw it) by version.
     let revision = state.store.revision();
-    let (rows, next) = rows(
-        state.store.as_ref(),
-        &query.prefix,
-        folder,
-        query.after.as_deref(),
-        limit,
-    )
-    .await?;
+    // The listing follows the feed live, so it reads the latest state: a
+    // JSON page's pinned cursor continues here from its key.
+    let after = query
+        .after
+        .as_deref()
+        .map(|after| kv_api::dump::Cursor::parse(after).after);
+    let (rows, next) = rows(state.store.as_ref(), &query.prefix, folder, after, limit).await?;
     let page = render::listing(&Listing {
         prefix: &query.prefix,
         rows: &rows,
@@ -74,6 +73,7 @@ async fn rows(
         let scan = Scan {
             prefix: prefix.to_owned(),
             after: after.clone(),
+            at: None,
             limit: want,
             // A page shows at most a preview of each value, but the scan reads
             // them whole: bounded in bytes like a JSON page.

@@ -57,7 +57,8 @@ pub(super) async fn dump_or_watch(
     // later one may be too; each item's version says so).
     let revision = state.store.revision();
     let mut response = super::dump::dump(State(state), RawQuery(query), headers).await?;
-    if response.status().is_success() {
+    // A page of a listing pinned to a revision (etcd) says which, itself.
+    if response.status().is_success() && !response.headers().contains_key(&X_KV_REVISION) {
         response
             .headers_mut()
             .insert(X_KV_REVISION.clone(), HeaderValue::from(revision));

@@ -353,7 +353,7 @@ impl RedbStore {
             .map_err(unavailable)?;
         let mut scanned = Scanned {
             entries: Vec::with_capacity(scan.limit.min(1024)),
-            more: false,
+            ..Scanned::default()
         };
         let mut bytes = 0usize;
         let now = kv_api::expiry::now_ms();
@@ -628,6 +628,7 @@ mod tests {
             .scan(&Scan {
                 prefix: String::new(),
                 after: None,
+                at: None,
                 limit: 10,
                 max_bytes: usize::MAX,
                 keys_only: false,

@@ -171,6 +171,25 @@ fn unreachable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable(err.to_string())
 }
 
+/// What a failed range read at revision `at` becomes: etcd answers
+/// `OUT_OF_RANGE` for a revision it has compacted away, and for one it has
+/// not reached (a cursor from another cluster, or made up).
+fn read_at_failed(err: etcd_client::Error, at: i64) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(status) = &err
+        && i32::from(status.code()) == grpc_code::OUT_OF_RANGE
+    {
+        if status.message().contains("compacted") {
+            return StoreError::Compacted { at: rev(at) };
+        }
+        return StoreError::BadCursor(format!(
+            "the cursor's revision {at} is not one this store has reached ({}): pass back the next of a page \
+             this server gave, or start the listing without after",
+            status.message()
+        ));
+    }
+    unreachable(err)
+}
+
 /// What a failed write becomes: an error that says the request was refused
 /// before it was applied is a known outcome; anything else (a timeout, a
 /// lost connection, a leader change) may still be committed.
@@ -221,6 +240,7 @@ mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const FAILED_PRECONDITION: i32 = 9;
+    pub const OUT_OF_RANGE: i32 = 11;
     pub const UNAVAILABLE: i32 = 14;
 }
 
@@ -709,12 +729,14 @@ impl Store for EtcdStore {
             };
             let mut scanned = Scanned {
                 entries: Vec::with_capacity(scan.limit.min(1024)),
-                more: false,
+                ..Scanned::default()
             };
             let mut bytes = 0usize;
-            // Every range after the first reads at the first one's revision:
-            // one scan is one snapshot, however many ranges it takes.
-            let mut at = 0i64;
+            // Every range after the first reads at the first one's revision,
+            // and so does every page after the listing's first (the cursor
+            // carries it): one listing is one snapshot, however many ranges
+            // and pages it takes, until etcd compacts that revision.
+            let mut at = scan.at.and_then(|at| i64::try_from(at).ok()).unwrap_or(0);
             loop {
                 let want = scan.limit.saturating_sub(scanned.entries.len());
                 // One more than wanted, to know whether more follow.
@@ -730,10 +752,11 @@ impl Store for EtcdStore {
                     })
                     .await
                     .map_err(|_| unreachable("a range read took longer than --etcd-timeout"))?
-                    .map_err(unreachable)?;
+                    .map_err(|err| read_at_failed(err, at))?;
                 if at == 0 {
                     at = response.header().map_or(0, |h| h.revision());
                 }
+                scanned.revision = Some(rev(at));
                 let now = expiry::now_ms();
                 let kvs = response.kvs();
                 for kv in kvs {

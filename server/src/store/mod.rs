@@ -124,6 +124,9 @@ pub struct Scan {
     pub prefix: String,
     /// Start strictly after this key (a page cursor).
     pub after: Option<String>,
+    /// Read at this revision, the one an earlier page of the same listing
+    /// was read at (see [`Scanned::revision`]); `None`: the latest.
+    pub at: Option<u64>,
     pub limit: usize,
     /// A budget in bytes of keys and values: the scan stops before the entry
     /// that would take it over, so that the engine reads no more than a page
@@ -140,6 +143,11 @@ pub struct Scanned {
     /// Whether an entry of the scan's range comes after the last one (the
     /// scan stopped at its limit or its byte budget).
     pub more: bool,
+    /// The revision the scan read at, when the engine can read there again
+    /// for the listing's next page (etcd, until that revision is compacted);
+    /// `None` when every page reads the latest state (redb, which keeps no
+    /// old versions).
+    pub revision: Option<u64>,
 }
 
 /// Why the store could not do what was asked.
@@ -163,6 +171,13 @@ pub enum StoreError {
     /// (so it could not be replayed); it was refused, nothing was written.
     #[error("{0}")]
     TooLarge(String),
+    /// A scan asked for a revision that the engine has compacted away: the
+    /// listing it continues cannot go on as one snapshot.
+    #[error("revision {at} has been compacted")]
+    Compacted { at: u64 },
+    /// A scan's cursor names a revision the store cannot read at.
+    #[error("{0}")]
+    BadCursor(String),
     /// The store refused the write for want of space (etcd's `NOSPACE`
     /// alarm); nothing was written, and reads still work.
     #[error("the store is out of space: {0}")]
@@ -320,6 +335,14 @@ impl From<StoreError> for kv_api::ApiError {
                     "the store's cluster did not answer in time; retry shortly",
                 )
             }
+            StoreError::Compacted { at } => ApiError::new(
+                ErrorCode::RevisionCompacted,
+                format!(
+                    "this listing was read at revision {at}, which the store's history no longer holds \
+                     (etcd compacted it): start the listing again, without after"
+                ),
+            ),
+            StoreError::BadCursor(message) => ApiError::bad_request(message),
             StoreError::Closed => ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the server is shutting down; retry against the new instance",
