@@ -14,6 +14,12 @@
 # KV_ETCD_FLAGS adds flags to every member (`start` only), e.g.
 # "--quota-backend-bytes 16777216" for a small space quota.
 #
+# KV_ETCD_TLS=CERTDIR (`start` only) serves clients over TLS and asks them for
+# a certificate: CERTDIR holds ca.pem (the CA), server.pem and server-key.pem
+# (for 127.0.0.1), client.pem and client-key.pem (signed by the CA, for
+# etcdctl here and for kv-server's --etcd-ca/--etcd-cert/--etcd-key). The
+# endpoints are then https:// URLs; the peers still talk plain HTTP.
+#
 # Members keep an hour of history (auto-compaction), so DUMP cursors and
 # feed resumes live that long, and are asked for watch progress every 5 s
 # (etcd's default is 10 min): kv-server moves its feed head (and the
@@ -37,6 +43,17 @@ launch() {
   # terminal that ran it does not reach them.
   setsid etcd "${flags[@]}" >>"$m/etcd.log" 2>&1 </dev/null &
   echo $! >"$m/pid"
+}
+
+# etcdctl, with the cluster's client certificate when it serves TLS.
+ctl() {
+  local tls=()
+  if [ -f "$dir/tls" ]; then
+    local certs
+    certs=$(cat "$dir/tls")
+    tls=(--cacert "$certs/ca.pem" --cert "$certs/client.pem" --key "$certs/client-key.pem")
+  fi
+  ETCDCTL_API=3 etcdctl "${tls[@]}" "$@"
 }
 
 free_port() {
@@ -67,10 +84,23 @@ case "$cmd" in
     mkdir -p "$dir"
     stop_members
     token="kv-$(date +%s%N)-$$"
+    scheme=http
+    tls_flags=()
+    rm -f "$dir/tls"
+    if [ -n "${KV_ETCD_TLS:-}" ]; then
+      certs=$(cd "$KV_ETCD_TLS" && pwd)
+      for f in ca.pem server.pem server-key.pem client.pem client-key.pem; do
+        [ -f "$certs/$f" ] || { echo "KV_ETCD_TLS=$certs has no $f" >&2; exit 1; }
+      done
+      echo "$certs" >"$dir/tls"
+      scheme=https
+      tls_flags=(--cert-file "$certs/server.pem" --key-file "$certs/server-key.pem"
+        --trusted-ca-file "$certs/ca.pem" --client-cert-auth)
+    fi
     declare -a client peer
     for i in 1 2 3; do
-      client[$i]=$(free_port)
-      peer[$i]=$(free_port)
+      client[i]=$(free_port)
+      peer[i]=$(free_port)
     done
     initial=""
     for i in 1 2 3; do
@@ -82,7 +112,7 @@ case "$cmd" in
       m="$dir/m$i"
       rm -rf "$m"
       mkdir -p "$m"
-      url="http://127.0.0.1:${client[$i]}"
+      url="$scheme://127.0.0.1:${client[$i]}"
       echo "$url" >"$m/url"
       endpoints+="$url,"
       # shellcheck disable=SC2086 # KV_ETCD_FLAGS is split into flags on purpose
@@ -94,13 +124,13 @@ case "$cmd" in
         --initial-cluster-state new \
         --auto-compaction-mode periodic --auto-compaction-retention 1h \
         --experimental-watch-progress-notify-interval 5s \
-        ${KV_ETCD_FLAGS:-} >"$m/flags"
+        "${tls_flags[@]}" ${KV_ETCD_FLAGS:-} >"$m/flags"
       launch "$m"
     done
     endpoints=${endpoints%,}
     echo "$endpoints" >"$dir/endpoints"
     for _ in $(seq 1 600); do
-      if ETCDCTL_API=3 etcdctl --endpoints "$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; then
+      if ctl --endpoints "$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; then
         echo "$endpoints"
         exit 0
       fi
@@ -118,7 +148,7 @@ case "$cmd" in
     for i in 1 2 3; do
       m="$dir/m$i"
       [ -f "$m/pid" ] || continue
-      status=$(ETCDCTL_API=3 etcdctl --endpoints "$(cat "$m/url")" --command-timeout=2s endpoint status -w json 2>/dev/null) || continue
+      status=$(ctl --endpoints "$(cat "$m/url")" --command-timeout=2s endpoint status -w json 2>/dev/null) || continue
       if python3 -c 'import json,sys; s=json.loads(sys.argv[1])[0]["Status"]; sys.exit(0 if s["leader"] == s["header"]["member_id"] else 1)' "$status"; then
         kill -KILL "$(cat "$m/pid")"
         rm -f "$m/pid"

@@ -440,11 +440,25 @@ impl EtcdCluster {
     /// A cluster whose members all get `flags` besides the script's own
     /// (`--quota-backend-bytes 8388608`, say).
     pub fn start_with_flags(flags: &str) -> Self {
+        Self::start_with(flags, None)
+    }
+
+    /// A cluster that serves its clients over TLS and asks them for a
+    /// certificate, made from `certs` (see `tests/etcd-cluster.sh`).
+    pub fn start_tls(certs: &Path) -> Self {
+        Self::start_with("", Some(certs))
+    }
+
+    fn start_with(flags: &str, tls: Option<&Path>) -> Self {
         // Build the programs before starting members: a compiler sharing two
         // cores with three fresh members can keep them from electing a leader.
         bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
-        let output = Command::new("bash")
+        let mut command = Command::new("bash");
+        if let Some(certs) = tls {
+            command.env("KV_ETCD_TLS", certs);
+        }
+        let output = command
             .arg(Self::script())
             .arg("start")
             .arg(dir.path())

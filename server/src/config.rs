@@ -125,6 +125,20 @@ pub struct StoreArgs {
     /// write answers 504 outcome_unknown and a read 503.
     #[arg(long, env = "KV_ETCD_TIMEOUT", default_value = defaults::ETCD_TIMEOUT, value_parser = parse_duration)]
     pub etcd_timeout: Duration,
+
+    /// For a cluster that serves TLS (https:// endpoints): the PEM file of the
+    /// CA that signed the members' certificates (etcd's --trusted-ca-file).
+    #[arg(long, env = "KV_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// For a cluster that checks its clients (etcd's --client-cert-auth): this
+    /// server's certificate (PEM), with --etcd-key.
+    #[arg(long, env = "KV_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, env = "KV_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl Default for StoreArgs {
@@ -134,6 +148,9 @@ impl Default for StoreArgs {
             etcd_endpoints: Vec::new(),
             etcd_prefix: defaults::ETCD_PREFIX.to_owned(),
             etcd_timeout: limits::defaults::parse(defaults::ETCD_TIMEOUT, parse_duration),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }

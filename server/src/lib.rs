@@ -94,6 +94,11 @@ impl Server {
             prefix: config.store.etcd_prefix.clone(),
             timeout: config.store.etcd_timeout,
             feed: config.feed.limits(),
+            tls: store::etcd::EtcdTls {
+                ca: config.store.etcd_ca.clone(),
+                cert: config.store.etcd_cert.clone(),
+                key: config.store.etcd_key.clone(),
+            },
         };
         let etcd = store::etcd::EtcdStore::connect(options)
             .await

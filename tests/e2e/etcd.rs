@@ -376,6 +376,86 @@ mod cluster {
         );
     }
 
+    /// A CA, a certificate for the members (127.0.0.1) and one for their
+    /// clients, as `tests/etcd-cluster.sh` wants them (KV_ETCD_TLS).
+    fn cluster_certs() -> tempfile::TempDir {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for (name, usage) in [
+            ("server", ExtendedKeyUsagePurpose::ServerAuth),
+            ("client", ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+        }
+        dir
+    }
+
+    /// kv-server run to its exit (it is expected not to start): what it said.
+    fn refused(args: &[&str]) -> String {
+        let output = Command::new(kv_tests::bin("kv-server"))
+            .args(["--listen", "127.0.0.1:0", "--store", "etcd", "--etcd-timeout", "1s"])
+            .args(args)
+            .output()
+            .expect("run kv-server");
+        assert!(!output.status.success(), "kv-server {args:?} must not start");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    // A cluster that serves TLS and checks its clients' certificates: kv-server
+    // with --etcd-ca/--etcd-cert/--etcd-key stores, reads and follows the feed
+    // through it; a mistake in the flags is told at start, in kv's words.
+    #[tokio::test]
+    async fn a_cluster_over_tls_with_client_certificates() {
+        let certs = cluster_certs();
+        let cluster = EtcdCluster::start_tls(certs.path());
+        assert!(cluster.endpoints.starts_with("https://"), "{}", cluster.endpoints);
+        let path = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+        let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client-key.pem"));
+        let server = cluster.server(&["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key]);
+        let http = client();
+        let feed = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/kv?watch=1", server.url));
+            async move {
+                watch_until(&http, &url, Duration::from_secs(10), |e| {
+                    e["type"] == "put" && e["key"] == "secret"
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let url = format!("{}/kv/secret", server.url);
+        assert_eq!(put(&http, &url, "over TLS").await.status(), StatusCode::CREATED);
+        assert_eq!(http.get(&url).send().await.unwrap().text().await.unwrap(), "over TLS");
+        assert_eq!(
+            feed.await.unwrap()["value"],
+            "over TLS",
+            "the feed's watch runs over TLS too"
+        );
+
+        let endpoints = cluster.endpoints.as_str();
+        let no_client_cert = refused(&["--etcd-endpoints", endpoints, "--etcd-ca", &ca]);
+        eprintln!("without a client certificate: {no_client_cert}");
+        assert!(
+            no_client_cert.contains("etcd at https://") && no_client_cert.contains("--etcd-cert"),
+            "{no_client_cert}"
+        );
+        let no_ca = refused(&["--etcd-endpoints", endpoints]);
+        assert!(no_ca.contains("need --etcd-ca"), "{no_ca}");
+        let plain = refused(&["--etcd-endpoints", "http://127.0.0.1:1", "--etcd-ca", &ca]);
+        assert!(plain.contains("give its --etcd-endpoints as https://"), "{plain}");
+        let half = refused(&["--etcd-endpoints", endpoints, "--etcd-ca", &ca, "--etcd-cert", &cert]);
+        assert!(half.contains("--etcd-key"), "clap asks for the key: {half}");
+    }
+
     #[tokio::test]
     async fn expiry_over_etcd_and_the_feed_says_why() {
         let cluster = EtcdCluster::start();

@@ -28,13 +28,14 @@
 //! - The change feed is one etcd watch on the prefix per kv-server, published
 //!   into the same [`Feed`] the embedded engine uses (see [`watch`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -58,6 +59,56 @@ pub struct EtcdOptions {
     pub prefix: String,
     pub timeout: Duration,
     pub feed: FeedLimits,
+    pub tls: EtcdTls,
+}
+
+/// TLS to the cluster, as the command line gave it: PEM files.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// The CA that signed the members' certificates.
+    pub ca: Option<PathBuf>,
+    /// This client's certificate and key, for a cluster that checks them.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    /// The client's TLS settings for `endpoints`, or why they cannot work:
+    /// checked here, so that a mistake is told in kv's words, at start,
+    /// rather than as a failed handshake.
+    fn options(&self, endpoints: &[String]) -> Result<Option<TlsOptions>, String> {
+        let https = endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        if https == 0 {
+            if self.ca.is_some() || self.cert.is_some() {
+                return Err("--etcd-ca and --etcd-cert are for a cluster that serves TLS: give its \
+                            --etcd-endpoints as https:// URLs"
+                    .into());
+            }
+            return Ok(None);
+        }
+        if https != endpoints.len() {
+            return Err(
+                "--etcd-endpoints mixes https:// and other URLs: a cluster serves its clients one way; \
+                        give every member as https://"
+                    .into(),
+            );
+        }
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|err| format!("{flag} {}: cannot read it: {err}", path.display()))
+        };
+        let Some(ca) = &self.ca else {
+            return Err(
+                "https:// endpoints need --etcd-ca: the PEM file of the CA that signed the members' \
+                        certificates (etcd's --trusted-ca-file)"
+                    .into(),
+            );
+        };
+        let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read("--etcd-ca", ca)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            options = options.identity(Identity::from_pem(read("--etcd-cert", cert)?, read("--etcd-key", key)?));
+        }
+        Ok(Some(options))
+    }
 }
 
 /// The etcd engine; cheap to clone.
@@ -261,7 +312,7 @@ impl EtcdStore {
                  http://127.0.0.1:2379,http://127.0.0.1:22379"
                 .into());
         }
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.timeout)
             .with_timeout(options.timeout)
             // HTTP/2 pings no more often than every 10 s: etcd closes a
@@ -272,6 +323,9 @@ impl EtcdStore {
             // A member cut off from the leader refuses (reads, and watches)
             // instead of answering from a stale state or staying silent.
             .with_require_leader(true);
+        if let Some(tls) = options.tls.options(&options.endpoints)? {
+            connect = connect.with_tls(tls);
+        }
         let endpoints = options.endpoints.clone();
         let mut client = tokio::time::timeout(options.timeout * 3, Client::connect(&endpoints, Some(connect)))
             .await
@@ -292,7 +346,15 @@ impl EtcdStore {
         )
         .await
         .map_err(|_| format!("etcd at {} did not answer a read in time", endpoints.join(",")))?
-        .map_err(|err| format!("etcd at {} refused a read: {err}", endpoints.join(",")))?;
+        .map_err(|err| {
+            // etcd closes the connection of a TLS client without a certificate
+            // when it checks them: say what is likely missing.
+            let hint = match (&options.tls.ca, &options.tls.cert) {
+                (Some(_), None) => " (a cluster started with --client-cert-auth also needs --etcd-cert and --etcd-key)",
+                _ => "",
+            };
+            format!("etcd at {} refused a read: {err}{hint}", endpoints.join(","))
+        })?;
         let header = probe.header().ok_or("etcd answered without a header")?;
         let revision = rev(header.revision());
         let cluster_id = header.cluster_id();
