@@ -120,6 +120,8 @@ wait_port() {
     die "$name is not listening on $port after 60 s"
 }
 
+KV_SERVER_PID=""
+KV_PROXY_PID=""
 ENDPOINTS=""   # http://127.0.0.1:P1,http://127.0.0.1:P2,http://127.0.0.1:P3
 MEMBERS=""     # 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3 (for lib.lua's PERF_TARGETS)
 
@@ -141,9 +143,11 @@ start_everything() {
     mkdir -p "$TMP/kv-data"
     start kv-server "$bin/kv-server" --listen "127.0.0.1:$KV_SERVER_PORT" --data-dir "$TMP/kv-data" \
         --store etcd --etcd-endpoints "$ENDPOINTS"
+    KV_SERVER_PID=$!
     wait_port kv-server "$KV_SERVER_PORT"
     start kv-proxy "$bin/kv-proxy" --listen "127.0.0.1:$KV_PROXY_PORT" \
         --upstream "http://127.0.0.1:$KV_SERVER_PORT" --telnet-listen off --cache-ttl 60s
+    KV_PROXY_PID=$!
     wait_port kv-proxy "$KV_PROXY_PORT"
 }
 
@@ -170,49 +174,108 @@ populate() {
     helper put-etcd "http://$(leader || echo "${MEMBERS%%,*}")" "$KEYS" "$GW_PREFIX"
 }
 
-# warm: GET every key through kv-proxy, then check a key is a hit.
+# note TEXT: something odd about a run, printed under the table.
+note() {
+    log "note: $*"
+    printf -- '- %s\n' "$*" >>"$TMP/notes"
+}
+
+# proxy_metric NAME: one counter of kv-proxy's /metrics (kv_proxy_NAME_total).
+proxy_metric() {
+    curl -fsS "http://127.0.0.1:$KV_PROXY_PORT/metrics" 2>/dev/null |
+        awk -v n="kv_proxy_${1}_total" '$1 == n {print $2; found = 1} END {if (!found) print 0}'
+}
+
+# warm: GET every key through kv-proxy, then wait (up to 10 s) until a key is a hit:
+# the proxy answers from its cache only while its change feed from kv-server is healthy.
 warm() {
-    local got
+    local got="" i
     helper warm "http://127.0.0.1:$KV_PROXY_PORT" /kv/ "$KEYS"
-    got=$(helper header "http://127.0.0.1:$KV_PROXY_PORT" /kv/key:000000000000 X-Cache)
-    case "$got" in
-        HIT*) ;;
-        *) log "warning: after warming, kv-proxy answers X-Cache: '$got' (expected HIT)" ;;
-    esac
+    for ((i = 0; i < 50; i++)); do
+        got=$(helper header "http://127.0.0.1:$KV_PROXY_PORT" /kv/key:000000000000 X-Cache)
+        case "$got" in
+            HIT*) return 0 ;;
+        esac
+        sleep 0.2
+        helper warm "http://127.0.0.1:$KV_PROXY_PORT" /kv/ 1
+    done
+    note "after warming, kv-proxy still answered X-Cache: '$got' 10 s later (expected HIT)"
 }
 
 # ------------------------------------------------------------------ load
 
 LEADERS=()   # the leader before each gateway run, for the header
+TICKS=$(getconf CLK_TCK)
+
+# cpu_ticks PID...: user + system CPU ticks so far of those processes (all threads).
+cpu_ticks() {
+    local pid total=0 t
+    for pid in "$@"; do
+        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+secs() { awk -v t="$1" -v hz="$TICKS" 'BEGIN {printf "%.2f", t / hz}'; }
+
+member_pids() { cat "$CLUSTER"/m*/pid 2>/dev/null || true; }
 
 # run_wrk ROW ROUND ADDR SCRIPT [TARGETS]: TARGETS (host:port,...) spreads the wrk
-# threads over those addresses in turn (lib.lua's PERF_TARGETS).
+# threads over those addresses in turn (lib.lua's PERF_TARGETS). Also writes the CPU
+# that etcd's members, kv-server and kv-proxy spent during the run (cpu.ROW.ROUND.out).
 run_wrk() {
     local row=$1 round=$2 addr=$3 script=$4 targets=${5:-}
     local out="$TMP/results/wrk.$row.$round.out"
+    local -a members
+    mapfile -t members < <(member_pids)
+    local e0 s0 p0 e1 s1 p1 t0 t1
+    e0=$(cpu_ticks "${members[@]}"); s0=$(cpu_ticks "$KV_SERVER_PID"); p0=$(cpu_ticks "$KV_PROXY_PID")
+    t0=$(date +%s.%N)
     PERF_KEYS=$KEYS PERF_VALUE_SIZE=$VALUE_SIZE PERF_PREFIX=/kv/ PERF_ETCD_PREFIX=$GW_PREFIX \
         PERF_TARGETS=$targets \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
         -s "$HERE/$script" "http://$addr" >"$out" 2>&1 || true
-    log "  $row: $(grep -E '^Requests/sec' "$out" || echo 'failed (see raw output)')$(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | sed 's/^/; /' | tr -d '\n')"
+    t1=$(date +%s.%N)
+    e1=$(cpu_ticks "${members[@]}"); s1=$(cpu_ticks "$KV_SERVER_PID"); p1=$(cpu_ticks "$KV_PROXY_PID")
+    echo "ticks=$TICKS wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') etcd=$((e1 - e0)) kvserver=$((s1 - s0)) kvproxy=$((p1 - p0))" \
+        >"$TMP/results/cpu.$row.$round.out"
+    local errors
+    errors=$(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | sed 's/^ //' | paste -sd ';' || true)
+    log "  $row: $(grep -E '^Requests/sec' "$out" || echo 'failed (see raw output)'); CPU s: etcd $(secs $((e1 - e0))), kv-server $(secs $((s1 - s0))), kv-proxy $(secs $((p1 - p0)))${errors:+; $errors}"
+    [ -z "$errors" ] || note "round $round, $row: $errors"
+    local late
+    late=$(awk -v a="$t0" -v b="$t1" -v d="${DURATION%s}" 'BEGIN {if (d ~ /^[0-9.]+$/ && b - a > d + 5) printf "%.0f", b - a}')
+    [ -z "$late" ] || note "round $round, $row: wrk took ${late} s for a ${DURATION} run (the machine stalled?)"
 }
 
 # gateway ROW ROUND SCRIPT: the gateway at its leader, then at all members in turn.
 gateway() {
-    local row=$1 round=$2 script=$3 lead
+    local row=$1 round=$2 script=$3 lead after
     lead=$(leader) || die "no etcd member leads"
     LEADERS+=("$lead")
     run_wrk "${row}_leader" "$round" "$lead" "$script"
     run_wrk "${row}_members" "$round" "${MEMBERS%%,*}" "$script" "$MEMBERS"
+    after=$(leader || echo none)
+    [ "$after" = "$lead" ] || note "round $round: the etcd leader moved from $lead to $after during the ${row} runs"
 }
 
 kv_put() { run_wrk kvserver_put "$1" "127.0.0.1:$KV_SERVER_PORT" kv_put.lua; }
 gw_put() { gateway gw_put "$1" etcd_put.lua; }
 kv_get() { run_wrk kvserver_get "$1" "127.0.0.1:$KV_SERVER_PORT" get.lua; }
 gw_range() { gateway gw_range "$1" etcd_range.lua; }
+# proxy_hit ROUND: warmed hits, and how many of the run's GETs kv-proxy forwarded
+# (a change feed that lapses, under a stall, turns hits into misses).
 proxy_hit() {
+    local r=$1 h0 m0 h1 m1
     warm
-    run_wrk kvproxy_get "$1" "127.0.0.1:$KV_PROXY_PORT" get.lua
+    h0=$(proxy_metric cache_hits); m0=$(proxy_metric cache_misses)
+    run_wrk kvproxy_get "$r" "127.0.0.1:$KV_PROXY_PORT" get.lua
+    h1=$(proxy_metric cache_hits); m1=$(proxy_metric cache_misses)
+    log "  kvproxy_get: $((h1 - h0)) hits, $((m1 - m0)) misses"
+    if [ $(((m1 - m0) * 100)) -gt $((h1 - h0 + m1 - m0)) ]; then
+        note "round $r, kvproxy_get: $((m1 - m0)) of $((h1 - h0 + m1 - m0)) GETs were misses (kv-proxy forwarded them)"
+    fi
 }
 
 # Odd rounds run kv before the gateway, even rounds the gateway first, so that neither
@@ -251,6 +314,7 @@ done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kv-perf-etcd.XXXXXX")
 mkdir -p "$TMP/results"
+: >"$TMP/notes"
 
 START=$(date +%s)
 start_everything
@@ -279,6 +343,11 @@ versions="etcd $(etcd --version | head -n1 | awk '{print $3}'), wrk $(dpkg-query
     echo "- command: \`$COMMAND\` ($(( ($(date +%s) - START) / 60 )) min)"
     echo
     helper table-etcd "$TMP/results"
+    if [ -s "$TMP/notes" ]; then
+        echo
+        echo "Odd runs (their figures are in the medians):"
+        cat "$TMP/notes"
+    fi
 } >"$TMP/table.md"
 if [ -n "$OUT" ]; then cp "$TMP/table.md" "$OUT"; fi
 cat "$TMP/table.md"

@@ -340,6 +340,45 @@ ETCD_LABELS = {
 }
 
 
+def cpu_table(results_dir, labels):
+    """etcd.sh's cpu.ROW.ROUND.out files: the CPU the members, kv-server and kv-proxy
+    spent per request in each run (medians over rounds), next to the wall time."""
+    per_row = {}
+    for name in sorted(os.listdir(results_dir)):
+        if not (name.startswith("cpu.") and name.endswith(".out")):
+            continue
+        _, row, rnd = name[: -len(".out")].split(".")
+        with open(os.path.join(results_dir, name)) as f:
+            fields = dict(kv.split("=") for kv in f.read().split())
+        wrk_path = os.path.join(results_dir, "wrk.%s.%s.out" % (row, rnd))
+        got = parse(wrk_path) if os.path.exists(wrk_path) else None
+        if not got or not got["requests"]:
+            continue
+        hz, n = float(fields["ticks"]), got["requests"]
+        per_row.setdefault(row, []).append({
+            "etcd": float(fields["etcd"]) / hz / n * 1e6,
+            "kvserver": float(fields["kvserver"]) / hz / n * 1e6,
+            "kvproxy": float(fields["kvproxy"]) / hz / n * 1e6,
+            "cores": (float(fields["etcd"]) + float(fields["kvserver"]) + float(fields["kvproxy"]))
+            / hz / float(fields["wall"]),
+        })
+    if not per_row:
+        return
+    print()
+    print("CPU per request, µs (user + system, from /proc; medians): where each row's time goes")
+    print()
+    print("| system | etcd (3 members) | kv-server | kv-proxy | total | cores used by etcd + kv (of %d) |" % os.cpu_count())
+    print("|---|--:|--:|--:|--:|--:|")
+    for row in labels:
+        runs = per_row.get(row)
+        if not runs:
+            continue
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print("| %s | %.0f | %.0f | %.0f | %.0f | %.2f |" % (
+            labels[row], med["etcd"], med["kvserver"], med["kvproxy"],
+            med["etcd"] + med["kvserver"] + med["kvproxy"], med["cores"]))
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -358,6 +397,7 @@ def main(argv):
         table(args[0])
     elif cmd == "table-etcd":
         table(args[0], ETCD_GROUPS, ETCD_LABELS, {})
+        cpu_table(args[0], ETCD_LABELS)
     else:
         sys.exit(__doc__)
 
