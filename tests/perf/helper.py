@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Helpers for compare.sh: populate and warm each system, and print the table.
+"""Helpers for compare.sh and etcd.sh: populate and warm each system, and print the table.
 
 Standard library only. Keys are `key:%012d` (16 bytes, the spelling `kv bench` and
 `redis-benchmark -r` use), values are 100 printable bytes.
 
   helper.py put-kv    BASE_URL KEYS       PUT /kv/{key} for every key
-  helper.py put-etcd  BASE_URL KEYS       POST /v3/kv/put for every key
+  helper.py put-etcd  BASE_URL KEYS [PREFIX]  POST /v3/kv/put for every key (PREFIX + key)
   helper.py set-redis PORT KEYS           SET over RESP (pipelined) for every key
   helper.py warm      BASE_URL PREFIX KEYS  GET PREFIX{key} for every key (fills caches)
   helper.py header    BASE_URL PATH NAME  print one response header of a GET
   helper.py table     RESULTS_DIR         print the markdown table from the raw outputs
+  helper.py table-etcd RESULTS_DIR        the same for etcd.sh (kv over etcd vs its gateway)
 """
 
 import base64
@@ -77,12 +78,12 @@ def put_kv(base_url, keys):
     for_each_key(base_url, keys, lambda i: ("PUT", "/kv/" + key(i), body, headers))
 
 
-def put_etcd(base_url, keys):
+def put_etcd(base_url, keys, prefix=""):
     v = base64.b64encode(value().encode()).decode()
     headers = {"Content-Type": "application/json"}
 
     def request(i):
-        k = base64.b64encode(key(i).encode()).decode()
+        k = base64.b64encode((prefix + key(i)).encode()).decode()
         return ("POST", "/v3/kv/put", json.dumps({"key": k, "value": v}), headers)
 
     for_each_key(base_url, keys, request)
@@ -263,14 +264,17 @@ def fmt_num(x, digits=2):
     return "n/a" if x is None else ("%.*f" % (digits, x))
 
 
-def table(results_dir):
+def table(results_dir, groups=None, labels=None, tools=None):
+    groups = GROUPS if groups is None else groups
+    labels = LABELS if labels is None else labels
+    tools = TOOLS if tools is None else tools
     m = collect(results_dir)
     lines = [
         "| comparison | system | tool | req/s | p50 ms | p99 ms | errors | kv ÷ this | target | met |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|:-:|",
     ]
     shortfalls = []
-    for group, kv_row, alts in GROUPS:
+    for group, kv_row, alts in groups:
         kv = m.get(kv_row)
 
         def cells(row):
@@ -280,7 +284,7 @@ def table(results_dir):
             return ["%.0f" % r["rps"], fmt_num(r["p50"], 3), fmt_num(r["p99"], 3), str(r["errors"])]
 
         lines.append("| %s | %s | %s | %s | — | — | — |" % (
-            group, LABELS[kv_row], TOOLS.get(kv_row, "wrk"), " | ".join(cells(kv_row))))
+            group, labels[kv_row], tools.get(kv_row, "wrk"), " | ".join(cells(kv_row))))
         for alt_row, goal, p99_rule in alts:
             alt = m.get(alt_row)
             ratio = kv["rps"] / alt["rps"] if kv and alt and alt["rps"] > 0 else None
@@ -296,9 +300,9 @@ def table(results_dir):
                     why = (why + "; " if why else "") + "p99 %.2f > %.2f ms" % (kv["p99"], alt["p99"])
                 met = "yes" if ok else "**no**"
                 if not ok:
-                    shortfalls.append("%s vs %s: %s" % (LABELS[kv_row].replace("**", ""), LABELS[alt_row], why))
+                    shortfalls.append("%s vs %s: %s" % (labels[kv_row].replace("**", ""), labels[alt_row], why))
             lines.append("| | %s | %s | %s | %s | %s | %s |" % (
-                LABELS[alt_row], TOOLS.get(alt_row, "wrk"), " | ".join(cells(alt_row)),
+                labels[alt_row], tools.get(alt_row, "wrk"), " | ".join(cells(alt_row)),
                 "n/a" if ratio is None else "%.2f×" % ratio,
                 "—" if goal is None else ("≥ %.1f×" % goal + (", p99 ≤" if p99_rule else "")),
                 met))
@@ -314,6 +318,67 @@ def table(results_dir):
             print("- " + s)
 
 
+# etcd.sh: kv-server over a 3-member etcd cluster against etcd's own JSON gateway on
+# the same cluster (issue 15), the gateway hit at its leader and at all members in turn.
+ETCD_GROUPS = [
+    ("Durable PUT, through etcd", "kvserver_put",
+     [("gw_put_leader", 1.0, False), ("gw_put_members", 1.0, False)]),
+    ("Linearizable GET, from etcd", "kvserver_get",
+     [("gw_range_leader", 1.0, False), ("gw_range_members", 1.0, False)]),
+    ("Proxy cache hit vs etcd's range", "kvproxy_get",
+     [("gw_range_leader", 10.0, False), ("gw_range_members", 10.0, False)]),
+]
+
+ETCD_LABELS = {
+    "kvserver_put": "**kv-server** PUT /kv/{key} (`--store etcd`, all members)",
+    "gw_put_leader": "etcd gateway POST /v3/kv/put, leader only",
+    "gw_put_members": "etcd gateway POST /v3/kv/put, all members in turn",
+    "kvserver_get": "**kv-server** GET /kv/{key} (`--store etcd`, linearizable)",
+    "gw_range_leader": "etcd gateway POST /v3/kv/range (linearizable), leader only",
+    "gw_range_members": "etcd gateway POST /v3/kv/range (linearizable), all members in turn",
+    "kvproxy_get": "**kv-proxy** GET /kv/{key} (hit) in front of that kv-server",
+}
+
+
+def cpu_table(results_dir, labels):
+    """etcd.sh's cpu.ROW.ROUND.out files: the CPU the members, kv-server and kv-proxy
+    spent per request in each run (medians over rounds), next to the wall time."""
+    per_row = {}
+    for name in sorted(os.listdir(results_dir)):
+        if not (name.startswith("cpu.") and name.endswith(".out")):
+            continue
+        _, row, rnd = name[: -len(".out")].split(".")
+        with open(os.path.join(results_dir, name)) as f:
+            fields = dict(kv.split("=") for kv in f.read().split())
+        wrk_path = os.path.join(results_dir, "wrk.%s.%s.out" % (row, rnd))
+        got = parse(wrk_path) if os.path.exists(wrk_path) else None
+        if not got or not got["requests"]:
+            continue
+        hz, n = float(fields["ticks"]), got["requests"]
+        per_row.setdefault(row, []).append({
+            "etcd": float(fields["etcd"]) / hz / n * 1e6,
+            "kvserver": float(fields["kvserver"]) / hz / n * 1e6,
+            "kvproxy": float(fields["kvproxy"]) / hz / n * 1e6,
+            "cores": (float(fields["etcd"]) + float(fields["kvserver"]) + float(fields["kvproxy"]))
+            / hz / float(fields["wall"]),
+        })
+    if not per_row:
+        return
+    print()
+    print("CPU per request, µs (user + system, from /proc; medians): where each row's time goes")
+    print()
+    print("| system | etcd (3 members) | kv-server | kv-proxy | total | cores used by etcd + kv (of %d) |" % os.cpu_count())
+    print("|---|--:|--:|--:|--:|--:|")
+    for row in labels:
+        runs = per_row.get(row)
+        if not runs:
+            continue
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print("| %s | %.0f | %.0f | %.0f | %.0f | %.2f |" % (
+            labels[row], med["etcd"], med["kvserver"], med["kvproxy"],
+            med["etcd"] + med["kvserver"] + med["kvproxy"], med["cores"]))
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -321,7 +386,7 @@ def main(argv):
     if cmd == "put-kv":
         put_kv(args[0], int(args[1]))
     elif cmd == "put-etcd":
-        put_etcd(args[0], int(args[1]))
+        put_etcd(args[0], int(args[1]), args[2] if len(args) > 2 else "")
     elif cmd == "set-redis":
         set_redis(int(args[0]), int(args[1]))
     elif cmd == "warm":
@@ -330,6 +395,9 @@ def main(argv):
         header(args[0], args[1], args[2])
     elif cmd == "table":
         table(args[0])
+    elif cmd == "table-etcd":
+        table(args[0], ETCD_GROUPS, ETCD_LABELS, {})
+        cpu_table(args[0], ETCD_LABELS)
     else:
         sys.exit(__doc__)
 

@@ -2,6 +2,9 @@
 -- Settings come from the environment (compare.sh sets them):
 --   PERF_KEYS        how many keys (key:000000000000 .. key:%012d of KEYS-1)
 --   PERF_VALUE_SIZE  bytes per written value (default 100)
+--   PERF_TARGETS     optional "host:port,host:port,...": wrk thread i connects to the
+--                    ((i - 1) % n + 1)-th of them instead of the URL's address, so the
+--                    threads take turns over several servers (etcd.sh: the members)
 local lib = {}
 
 lib.keys = tonumber(os.getenv("PERF_KEYS") or "10000")
@@ -36,13 +39,24 @@ function lib.base64(s)
   return table.concat(out)
 end
 
--- Give every wrk thread its own random sequence.
+-- Give every wrk thread its own random sequence (and, with PERF_TARGETS, its server).
 -- setup() runs in wrk's main Lua state, init() in each thread's, where thread:set put
 -- the global perf_thread.
 local threads = 0
+local targets = nil
 function lib.setup(thread)
   threads = threads + 1
   thread:set("perf_thread", threads)
+  local list = os.getenv("PERF_TARGETS") or ""
+  if list ~= "" then
+    if not targets then
+      targets = {}
+      for host, port in list:gmatch("([^,:]+):(%d+)") do
+        targets[#targets + 1] = wrk.lookup(host, port)[1]
+      end
+    end
+    thread.addr = targets[(threads - 1) % #targets + 1]
+  end
 end
 
 function lib.init()
