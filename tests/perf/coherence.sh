@@ -11,6 +11,9 @@
 #    Again with 1,000 background writes/s, and with the writes made on the server.
 # 2. Writes at 10,000/s (kv bench, open loop) with no subscriber, then with 100
 #    change-feed subscribers (curl -N) reading along.
+# 3. Cache hits (wrk -t2 -c64, 10,000 keys, ROUNDS alternating rounds, medians)
+#    through a proxy following the feed and one with --coherence off.
+# SECTIONS picks which to run (default "staleness fanout hits").
 # The frozen-feed and restart cases are end-to-end tests (tests/e2e/feed.rs),
 # which print their timings: cargo test -p kv-tests --test e2e feed:: -- --nocapture
 set -euo pipefail
@@ -20,6 +23,9 @@ REPO=$(cd "$HERE/../.." && pwd)
 WRITES=${WRITES:-1000}
 PORT_BASE=${PORT_BASE:-18600}
 SKIP_BUILD=${SKIP_BUILD:-0}
+SECTIONS=${SECTIONS:-staleness fanout hits}
+ROUNDS=${ROUNDS:-3}
+HIT_DURATION=${HIT_DURATION:-10s}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET_DIR/release
 
@@ -49,7 +55,13 @@ for i in 1 2 3; do
         2>"$TMP/proxy$i.log" &
     PIDS+=($!)
 done
+# D: the same proxy without the feed, for the cost of coherence on hits.
+D=http://127.0.0.1:$((PORT_BASE + 4))
+"$BIN/kv-proxy" --listen "127.0.0.1:$((PORT_BASE + 4))" --telnet-listen off --upstream "$SERVER" \
+    --coherence off 2>"$TMP/proxy4.log" &
+PIDS+=($!)
 sleep 1.5
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 staleness() {
     local label=$1; shift
@@ -63,13 +75,45 @@ for name, r in zip("BC", rows):
 PY
 }
 
-echo "| writes | reader | p50 ms | p99 ms | max ms | not seen in 2 s | old after new |"
-echo "|---|---|---|---|---|---|---|"
-staleness "through A, 50/s" --writer "$A"
-staleness "through A, 50/s + 1,000/s background" --writer "$A" --background-rate 1000
-staleness "on the server, 50/s" --writer "$SERVER"
+if has staleness; then
+    echo "| writes | reader | p50 ms | p99 ms | max ms | not seen in 2 s | old after new |"
+    echo "|---|---|---|---|---|---|---|"
+    staleness "through A, 50/s" --writer "$A"
+    staleness "through A, 50/s + 1,000/s background" --writer "$A" --background-rate 1000
+    staleness "on the server, 50/s" --writer "$SERVER"
+    echo
+fi
 
-echo
+hits() {
+    local url=$1
+    PERF_KEYS=10000 PERF_VALUE_SIZE=100 PERF_PREFIX=/kv/ \
+        wrk -t2 -c64 -d"$HIT_DURATION" -s "$HERE/get.lua" "$url" 2>&1 |
+        awk '/^Requests\/sec/ {print $2}'
+}
+if has hits; then
+    python3 "$HERE/helper.py" put-kv "$SERVER" 10000 >/dev/null
+    python3 "$HERE/helper.py" warm "$B" /kv/ 10000 >/dev/null
+    python3 "$HERE/helper.py" warm "$D" /kv/ 10000 >/dev/null
+    ON=() OFF=()
+    for round in $(seq 1 "$ROUNDS"); do
+        ON+=("$(hits "$B")")
+        OFF+=("$(hits "$D")")
+    done
+    python3 - "${ON[*]}" "${OFF[*]}" <<'PY'
+import statistics, sys
+on = [float(x) for x in sys.argv[1].split()]
+off = [float(x) for x in sys.argv[2].split()]
+print("| proxy | hits/s, median | rounds |")
+print("|---|--:|---|")
+print(f"| feed on (default) | {statistics.median(on):.0f} | {', '.join(f'{x:.0f}' for x in on)} |")
+print(f"| --coherence off | {statistics.median(off):.0f} | {', '.join(f'{x:.0f}' for x in off)} |")
+print(f"\nfeed on / off: {statistics.median(on) / statistics.median(off):.3f}")
+PY
+    echo
+fi
+
+has fanout || exit 0
+
 echo "| subscribers | PUT/s offered | PUT/s done | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
 bench() {
