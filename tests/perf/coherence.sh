@@ -95,7 +95,7 @@ if has hits; then
     python3 "$HERE/helper.py" warm "$B" /kv/ 10000 >/dev/null
     python3 "$HERE/helper.py" warm "$D" /kv/ 10000 >/dev/null
     ON=() OFF=()
-    for round in $(seq 1 "$ROUNDS"); do
+    for _ in $(seq 1 "$ROUNDS"); do
         ON+=("$(hits "$B")")
         OFF+=("$(hits "$D")")
     done
