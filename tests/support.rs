@@ -210,6 +210,23 @@ impl Server {
     fn launch(data_dir: &Path, listen: &str, args: &[&str], scheme: &str) -> Self {
         let dir = data_dir.to_str().expect("utf-8 path");
         let mut all = vec!["--listen", listen, "--data-dir", dir];
+        // Under tests/with-etcd.sh the same test runs on the etcd engine: its
+        // data directory names a prefix of its own on the shared cluster, so
+        // a restart "on the same directory" finds the same data.
+        let endpoints = etcd_endpoints();
+        let prefix = format!("test{}/", dir.replace('/', "-"));
+        if let Some(endpoints) = &endpoints
+            && !args.contains(&"--store")
+        {
+            all.extend_from_slice(&[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                endpoints,
+                "--etcd-prefix",
+                &prefix,
+            ]);
+        }
         all.extend_from_slice(args);
         let marker = format!("listening on {scheme}://");
         let (program, found) = Program::start("kv-server", &all, &[], &[marker.as_str()]);
@@ -231,6 +248,23 @@ impl Server {
         self.addr = restarted.addr;
         self.url = restarted.url;
     }
+}
+
+/// The etcd cluster that `Server`s are started on instead of redb, when the
+/// tests run under `tests/with-etcd.sh` (`KV_TEST_ETCD_ENDPOINTS`): the same
+/// end-to-end tests, against the other engine.
+pub fn etcd_endpoints() -> Option<String> {
+    std::env::var("KV_TEST_ETCD_ENDPOINTS").ok().filter(|e| !e.is_empty())
+}
+
+/// For a test of what only the embedded engine does (a data directory, its
+/// lock, its files): true, and says so, when the tests run over etcd.
+pub fn skipped_over_etcd(what: &str) -> bool {
+    let over_etcd = etcd_endpoints().is_some();
+    if over_etcd {
+        eprintln!("specific to redb, not run over etcd: {what}");
+    }
+    over_etcd
 }
 
 /// A kv-proxy on ephemeral HTTP and telnet ports in front of `upstream`.

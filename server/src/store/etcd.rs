@@ -222,6 +222,21 @@ fn unreachable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable(err.to_string())
 }
 
+/// The largest gRPC answer kv takes from etcd (tonic's default is 4 MiB): a
+/// watch answer carries a whole event with its previous value (two values
+/// at etcd's request limit, 1.5 MiB by default), and a range is sized to its
+/// byte budget (see `scan`).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The entries a scan's first range asks for, before it has seen their sizes.
+const FIRST_RANGE: usize = 16;
+
+/// Whether an answer was refused for being over [`MAX_MESSAGE`].
+fn over_message_limit(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if i32::from(status.code()) == grpc_code::OUT_OF_RANGE && status.message().contains("decoded message length too large"))
+}
+
 /// What a failed range read at revision `at` becomes: etcd answers
 /// `OUT_OF_RANGE` for a revision it has compacted away, and for one it has
 /// not reached (a cursor from another cluster, or made up).
@@ -799,28 +814,49 @@ impl Store for EtcdStore {
             // carries it): one listing is one snapshot, however many ranges
             // and pages it takes, until etcd compacts that revision.
             let mut at = scan.at.and_then(|at| i64::try_from(at).ok()).unwrap_or(0);
+            // Entries per range: a few at first, then as many as the byte
+            // budget holds at the sizes seen so far, so that a range of large
+            // values never brings back far more than the scan keeps (etcd has
+            // no byte limit on a range); halved when an answer is over
+            // MAX_MESSAGE anyway.
+            let mut per_range = FIRST_RANGE;
+            let (mut seen, mut seen_bytes) = (0usize, 0usize);
             loop {
                 let want = scan.limit.saturating_sub(scanned.entries.len());
                 // One more than wanted, to know whether more follow.
-                let limit = i64::try_from(want.min(1000) + 1).unwrap_or(1001);
-                let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+                let limit = want.min(per_range).min(1000) + 1;
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(i64::try_from(limit).unwrap_or(1001));
                 if at > 0 {
                     options = options.with_revision(at);
                 }
                 let response = store
-                    .timed(|mut c| {
+                    .timed(|c| {
                         let (start, options) = (start.clone(), options.clone());
-                        async move { c.get(start, Some(options)).await }
+                        let mut kv = c.kv_client().max_decoding_message_size(MAX_MESSAGE);
+                        async move { kv.get(start, Some(options)).await }
                     })
                     .await
-                    .map_err(|_| unreachable("a range read took longer than --etcd-timeout"))?
-                    .map_err(|err| read_at_failed(err, at))?;
+                    .map_err(|_| unreachable("a range read took longer than --etcd-timeout"))?;
+                let response = match response {
+                    Ok(response) => response,
+                    Err(err) if over_message_limit(&err) && limit > 2 => {
+                        per_range = limit / 2;
+                        continue;
+                    }
+                    Err(err) => return Err(read_at_failed(err, at)),
+                };
                 if at == 0 {
                     at = response.header().map_or(0, |h| h.revision());
                 }
                 scanned.revision = Some(rev(at));
                 let now = expiry::now_ms();
                 let kvs = response.kvs();
+                seen += kvs.len();
+                seen_bytes += kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum::<usize>();
+                let average = seen_bytes / seen.max(1);
+                per_range = (scan.max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 1000);
                 for kv in kvs {
                     start = kv.key().to_vec();
                     start.push(0);
@@ -989,16 +1025,21 @@ enum WatchEnd {
 }
 
 async fn watch_once(store: &EtcdStore, last: &mut u64) -> WatchEnd {
+    // Fragments: etcd splits an answer over its request limit (a backlog
+    // of large values) into several, each taken as it comes; only events'
+    // own revisions move `last`.
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(i64::try_from(*last + 1).unwrap_or(i64::MAX))
         .with_prev_key()
-        .with_progress_notify();
+        .with_progress_notify()
+        .with_fragment();
     let prefix = store.inner.prefix.clone();
     let watch = store
-        .timed(|mut c| {
+        .timed(|c| {
             let (prefix, options) = (prefix.clone(), options.clone());
-            async move { c.watch(prefix, Some(options)).await }
+            let mut watch = c.watch_client().max_decoding_message_size(MAX_MESSAGE);
+            async move { watch.watch(prefix, Some(options)).await }
         })
         .await;
     let mut stream = match watch {
