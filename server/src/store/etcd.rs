@@ -855,8 +855,6 @@ impl Store for EtcdStore {
                 let kvs = response.kvs();
                 seen += kvs.len();
                 seen_bytes += kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum::<usize>();
-                let average = seen_bytes / seen.max(1);
-                per_range = (scan.max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 1000);
                 for kv in kvs {
                     start = kv.key().to_vec();
                     start.push(0);
@@ -878,6 +876,8 @@ impl Store for EtcdStore {
                     bytes += size;
                     scanned.entries.push(entry);
                 }
+                let average = seen_bytes / seen.max(1);
+                per_range = (scan.max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 1000);
                 if !response.more() || kvs.is_empty() {
                     return Ok(scanned);
                 }
