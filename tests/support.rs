@@ -463,7 +463,8 @@ pub struct EtcdMember {
 }
 
 impl EtcdCluster {
-    fn script() -> PathBuf {
+    /// `tests/etcd-cluster.sh`, also for a test that drives it itself.
+    pub fn script() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("etcd-cluster.sh")
     }
 

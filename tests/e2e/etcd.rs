@@ -456,6 +456,99 @@ mod cluster {
         assert!(half.contains("--etcd-key"), "clap asks for the key: {half}");
     }
 
+    fn etcdctl(cluster: &EtcdCluster, args: &[&str]) -> String {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &cluster.endpoints, "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    // kv-server's watch must reopen from a revision etcd has compacted: the
+    // feed cannot say what changed meanwhile, so every subscriber gets
+    // `reset` (NDJSON: and its stream ends), and new ones follow on from the
+    // cluster's current revision. Made to happen: kv-server stopped
+    // (SIGSTOP), the cluster written to and compacted past the feed's head,
+    // every member restarted (so the watch's connection is gone), kv-server
+    // continued.
+    #[tokio::test]
+    async fn a_watch_reopened_past_a_compaction_resets_the_feed() {
+        let cluster = EtcdCluster::start();
+        let server = cluster.server(&[]);
+        let http = client();
+        let url = format!("{}/kv/k", server.url);
+        assert_eq!(put(&http, &url, "before").await.status(), 201);
+        let subscriber = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/kv?watch=1", server.url));
+            async move { watch_until(&http, &url, Duration::from_secs(60), |e| e["type"] == "reset").await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let pid = server.program.pid().to_string();
+        let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        signal("-STOP");
+        for i in 0..5 {
+            etcdctl(&cluster, &["put", &format!("elsewhere/{i}"), "x"]);
+        }
+        let status = etcdctl(&cluster, &["endpoint", "status", "-w", "json"]);
+        let current = serde_json::from_str::<Value>(&status).unwrap()[0]["Status"]["header"]["revision"]
+            .as_u64()
+            .unwrap();
+        etcdctl(&cluster, &["compact", &current.to_string()]);
+        for member in 1..=3 {
+            cluster.kill9(member);
+        }
+        for member in 1..=3 {
+            let status = Command::new("bash")
+                .arg(EtcdCluster::script())
+                .args(["restart", cluster.dir.path().to_str().unwrap(), &member.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "restart member {member}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &cluster.endpoints,
+                "--command-timeout=2s",
+                "endpoint",
+                "health",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal("-CONT");
+
+        let reset = subscriber.await.unwrap();
+        eprintln!("the subscriber's reset after the compaction at {current}: {reset}");
+        assert!(reset["current"].as_u64().unwrap() >= current, "{reset}");
+        // The feed goes on from there: a new subscriber sees the next write.
+        let next = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/kv?watch=1", server.url));
+            async move { watch_until(&http, &url, Duration::from_secs(20), |e| e["type"] == "put").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = put(&http, &url, "after").await;
+        assert_eq!(after.status(), 200);
+        let event = next.await.unwrap();
+        assert_eq!(event["value"], "after");
+        assert_eq!(event["rev"].as_u64(), Some(revision(&after)));
+    }
+
     #[tokio::test]
     async fn expiry_over_etcd_and_the_feed_says_why() {
         let cluster = EtcdCluster::start();

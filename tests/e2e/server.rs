@@ -878,7 +878,11 @@ async fn dump_refuses_an_unsupported_accept_with_406() {
 async fn ndjson_dump_streams_100k_keys_in_order() {
     // Over etcd, 10,000 (still 20 chunks): 100,000 PUTs through raft beside
     // the other tests took over a minute there, and some past --etcd-timeout.
-    let keys: usize = if kv_tests::etcd_endpoints().is_some() { 10_000 } else { 100_000 };
+    let keys: usize = if kv_tests::etcd_endpoints().is_some() {
+        10_000
+    } else {
+        100_000
+    };
     let server = Server::start();
     let http = client();
     let base = server.url.clone();
