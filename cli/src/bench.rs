@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Drive a Redis server over RESP at this address (HOST:PORT), GET and SET only.
     #[arg(long)]
     pub resp: Option<String>,
+    /// HTTP path of each request after --url's, `{key}` standing for the key: lets one
+    /// tool read from HTTP servers that spell keys their own way, like webdis's /GET/{key}.
+    #[arg(long, default_value = "/kv/{key}")]
+    pub path: String,
     /// Connections, each with its own loop.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub connections: usize,
@@ -109,7 +113,8 @@ enum Target {
     Http {
         addr: String,
         host: String,
-        base_path: String,
+        /// --url's path and --path, `{key}` still in it.
+        path: String,
     },
     Line(String),
     Resp(String),
@@ -126,7 +131,7 @@ impl Target {
 
     fn describe(&self) -> String {
         match self {
-            Self::Http { host, base_path, .. } => format!("http://{host}{base_path}"),
+            Self::Http { host, path, .. } => format!("http://{host}{path}"),
             Self::Line(addr) | Self::Resp(addr) => addr.clone(),
         }
     }
@@ -141,6 +146,9 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
     if args.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
         return Err(CliError::Usage("--rate must be a positive number".into()));
     }
+    if !(args.path.starts_with('/') && args.path.contains("{key}")) {
+        return Err(CliError::Usage("--path must start with / and hold {key}".into()));
+    }
     let target = match (&args.line, &args.resp) {
         (Some(addr), _) => Target::Line(addr.clone()),
         (_, Some(addr)) => Target::Resp(addr.clone()),
@@ -154,7 +162,7 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
             Target::Http {
                 addr: format!("{host}:{port}"),
                 host: format!("{host}:{port}"),
-                base_path: parsed.path().trim_end_matches('/').to_owned(),
+                path: format!("{}{}", parsed.path().trim_end_matches('/'), args.path),
             }
         }
     };
@@ -350,7 +358,7 @@ enum Worker {
     Http {
         sender: http1::SendRequest<Full<Bytes>>,
         host: String,
-        base_path: String,
+        path: String,
     },
     Stream {
         wire: Wire,
@@ -370,7 +378,7 @@ impl Worker {
             .map_err(|e| CliError::Unreachable(format!("cannot connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         Ok(match target {
-            Target::Http { host, base_path, .. } => {
+            Target::Http { host, path, .. } => {
                 let (sender, connection) = http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| CliError::Unreachable(format!("HTTP handshake with {addr} failed: {e}")))?;
@@ -378,7 +386,7 @@ impl Worker {
                 Self::Http {
                     sender,
                     host: host.clone(),
-                    base_path: base_path.clone(),
+                    path: path.clone(),
                 }
             }
             Target::Line(_) | Target::Resp(_) => {
@@ -401,14 +409,10 @@ impl Worker {
     async fn send(&mut self, batch: &[(Op, u64)], value: &Bytes) -> Result<u64, CliError> {
         let lost = |e: std::io::Error| CliError::Unreachable(format!("the connection failed: {e}"));
         match self {
-            Self::Http {
-                sender,
-                host,
-                base_path,
-            } => {
+            Self::Http { sender, host, path } => {
                 let mut failed = 0;
                 for &(op, key) in batch {
-                    let uri = format!("{base_path}/kv/{}", key_name(key));
+                    let uri = path.replace("{key}", &key_name(key));
                     let request = hyper::Request::builder()
                         .method(if op == Op::Get {
                             hyper::Method::GET
