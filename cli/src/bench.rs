@@ -3,8 +3,9 @@
 //! server over RESP, so that kv and Redis are measured by one tool.
 //!
 //! Each connection runs its own loop: closed (send, wait, repeat) by default,
-//! or open at `--rate`, where latency counts from when a request *should*
-//! have been sent, so a stall is not hidden (coordinated omission).
+//! or open at `--rate`, where a pacer thread deals send times to the connections
+//! in turn; latency counts from when a request *should* have been sent, so a
+//! stall is not hidden (coordinated omission).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::error::CliError;
 
@@ -30,6 +32,10 @@ pub struct BenchArgs {
     /// Drive a Redis server over RESP at this address (HOST:PORT), GET and SET only.
     #[arg(long)]
     pub resp: Option<String>,
+    /// HTTP path of each request after --url's, `{key}` standing for the key: lets one
+    /// tool read from HTTP servers that spell keys their own way, like webdis's /GET/{key}.
+    #[arg(long, default_value = "/kv/{key}")]
+    pub path: String,
     /// Connections, each with its own loop.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub connections: usize,
@@ -48,7 +54,8 @@ pub struct BenchArgs {
     /// Requests in flight per connection on the line protocol and RESP.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
-    /// Open-loop load: this many requests per second in all, spread over the connections.
+    /// Open-loop load: this many requests per second in all, dealt to the connections in
+    /// turn; the run ends when every request due within --duration has been answered.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Skip writing every key once before measuring.
@@ -83,6 +90,8 @@ pub struct Report {
     pub connections: usize,
     pub pipeline: usize,
     pub duration_secs: f64,
+    /// The --rate asked for (open loop); none in a closed loop.
+    pub rate: Option<f64>,
     pub requests: u64,
     pub errors: u64,
     pub requests_per_sec: f64,
@@ -104,7 +113,8 @@ enum Target {
     Http {
         addr: String,
         host: String,
-        base_path: String,
+        /// --url's path and --path, `{key}` still in it.
+        path: String,
     },
     Line(String),
     Resp(String),
@@ -121,7 +131,7 @@ impl Target {
 
     fn describe(&self) -> String {
         match self {
-            Self::Http { host, base_path, .. } => format!("http://{host}{base_path}"),
+            Self::Http { host, path, .. } => format!("http://{host}{path}"),
             Self::Line(addr) | Self::Resp(addr) => addr.clone(),
         }
     }
@@ -132,6 +142,12 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
         return Err(CliError::Usage(
             "--connections, --pipeline and --keys must be at least 1".into(),
         ));
+    }
+    if args.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+        return Err(CliError::Usage("--rate must be a positive number".into()));
+    }
+    if !(args.path.starts_with('/') && args.path.contains("{key}")) {
+        return Err(CliError::Usage("--path must start with / and hold {key}".into()));
     }
     let target = match (&args.line, &args.resp) {
         (Some(addr), _) => Target::Line(addr.clone()),
@@ -146,7 +162,7 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
             Target::Http {
                 addr: format!("{host}:{port}"),
                 host: format!("{host}:{port}"),
-                base_path: parsed.path().trim_end_matches('/').to_owned(),
+                path: format!("{}{}", parsed.path().trim_end_matches('/'), args.path),
             }
         }
     };
@@ -156,24 +172,37 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
         populate(&target, &args, &value).await?;
     }
 
+    // Every connection is open before the clock starts.
+    let mut workers = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        workers.push(Worker::connect(&target).await?);
+    }
     let started = Instant::now();
     let deadline = started + args.duration;
-    let per_connection_rate = args.rate.map(|rate| rate / args.connections as f64);
+    let schedules: Vec<Option<UnboundedReceiver<Instant>>> = match args.rate {
+        Some(rate) => pace(rate / args.pipeline as f64, args.connections, started, deadline)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..args.connections).map(|_| None).collect(),
+    };
     let mut tasks = Vec::with_capacity(args.connections);
-    for id in 0..args.connections {
-        let (target, value) = (target.clone(), value.clone());
+    for ((id, mut worker), mut schedule) in workers.into_iter().enumerate().zip(schedules) {
+        let value = value.clone();
         let (keys, ratio, pipeline) = (args.keys, args.ratio, args.pipeline);
         tasks.push(tokio::spawn(async move {
-            let mut worker = Worker::connect(&target).await?;
             let mut rng = SmallRng::seed_from_u64(id as u64 + 1);
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut requests, mut errors) = (0u64, 0u64);
-            let interval = per_connection_rate.map(|rate| Duration::from_secs_f64(pipeline as f64 / rate));
-            let mut next_send = Instant::now();
-            while Instant::now() < deadline {
-                if interval.is_some() {
-                    tokio::time::sleep_until(next_send.into()).await;
-                }
+            loop {
+                let sent = match &mut schedule {
+                    Some(schedule) => match schedule.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                    None if Instant::now() < deadline => Instant::now(),
+                    None => break,
+                };
                 let batch: Vec<(Op, u64)> = (0..pipeline)
                     .map(|_| {
                         let op = if rng.random_range(0..ratio.0 + ratio.1) < ratio.0 {
@@ -184,7 +213,6 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
                         (op, rng.random_range(0..keys))
                     })
                     .collect();
-                let sent = if interval.is_some() { next_send } else { Instant::now() };
                 let failed = worker.send(&batch, &value).await?;
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                 for _ in 0..batch.len() {
@@ -192,9 +220,6 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
                 }
                 requests += batch.len() as u64;
                 errors += failed;
-                if let Some(interval) = interval {
-                    next_send += interval;
-                }
             }
             Ok::<_, CliError>((histogram, requests, errors))
         }));
@@ -217,6 +242,7 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
         connections: args.connections,
         pipeline: args.pipeline,
         duration_secs: elapsed,
+        rate: args.rate,
         requests,
         errors,
         requests_per_sec: requests as f64 / elapsed,
@@ -229,7 +255,7 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
         println!("{}", serde_json::to_string(&report).expect("a report serialises"));
     } else {
         println!(
-            "kv bench: {} {}, GET:PUT {}:{}, {} connections, pipeline {}, {} keys, {}-byte values",
+            "kv bench: {} {}, GET:PUT {}:{}, {} connections, pipeline {}, {} keys, {}-byte values, {}",
             report.protocol,
             report.target,
             args.ratio.0,
@@ -237,7 +263,9 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
             args.connections,
             args.pipeline,
             args.keys,
-            args.value_size
+            args.value_size,
+            args.rate
+                .map_or_else(|| "closed loop".to_owned(), |rate| format!("open loop at {rate} req/s"))
         );
         println!(
             "  requests   {} in {:.1} s: {:.0} req/s",
@@ -255,6 +283,31 @@ pub async fn run(args: BenchArgs, url: &str) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// The open loop's clock: the instant each batch is due, `per_sec` a second from `start`
+/// until `deadline`, dealt to the connections in turn. A thread of its own sleeps between
+/// them because tokio's timer ticks in whole milliseconds, which would add up to a
+/// millisecond to every latency counted from these instants, more than a cache hit takes.
+/// The schedules close at the deadline; what is left in them is still sent and counted.
+fn pace(per_sec: f64, connections: usize, start: Instant, deadline: Instant) -> Vec<UnboundedReceiver<Instant>> {
+    let (due, schedules): (Vec<_>, Vec<_>) = (0..connections).map(|_| unbounded_channel()).unzip();
+    std::thread::spawn(move || {
+        for n in 0u64.. {
+            let at = start + Duration::from_secs_f64(n as f64 / per_sec);
+            if at >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if due[n as usize % due.len()].send(at).is_err() {
+                break; // that connection has gone: the run failed
+            }
+        }
+    });
+    schedules
 }
 
 /// Writes every key once, so GETs find values.
@@ -305,7 +358,7 @@ enum Worker {
     Http {
         sender: http1::SendRequest<Full<Bytes>>,
         host: String,
-        base_path: String,
+        path: String,
     },
     Stream {
         wire: Wire,
@@ -325,7 +378,7 @@ impl Worker {
             .map_err(|e| CliError::Unreachable(format!("cannot connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         Ok(match target {
-            Target::Http { host, base_path, .. } => {
+            Target::Http { host, path, .. } => {
                 let (sender, connection) = http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| CliError::Unreachable(format!("HTTP handshake with {addr} failed: {e}")))?;
@@ -333,7 +386,7 @@ impl Worker {
                 Self::Http {
                     sender,
                     host: host.clone(),
-                    base_path: base_path.clone(),
+                    path: path.clone(),
                 }
             }
             Target::Line(_) | Target::Resp(_) => {
@@ -356,14 +409,10 @@ impl Worker {
     async fn send(&mut self, batch: &[(Op, u64)], value: &Bytes) -> Result<u64, CliError> {
         let lost = |e: std::io::Error| CliError::Unreachable(format!("the connection failed: {e}"));
         match self {
-            Self::Http {
-                sender,
-                host,
-                base_path,
-            } => {
+            Self::Http { sender, host, path } => {
                 let mut failed = 0;
                 for &(op, key) in batch {
-                    let uri = format!("{base_path}/kv/{}", key_name(key));
+                    let uri = path.replace("{key}", &key_name(key));
                     let request = hyper::Request::builder()
                         .method(if op == Op::Get {
                             hyper::Method::GET
@@ -461,5 +510,31 @@ impl Wire {
             }
             (Self::Resp, _) => true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_loop_deals_every_send_time_in_turn_until_the_deadline() {
+        let start = Instant::now();
+        let mut schedules = pace(1000.0, 3, start, start + Duration::from_millis(20));
+        let mut due = Vec::new();
+        for (connection, schedule) in schedules.iter_mut().enumerate() {
+            while let Some(at) = schedule.blocking_recv() {
+                due.push((at - start, connection));
+            }
+        }
+        due.sort();
+        assert_eq!(due.len(), 20);
+        for (n, (at, connection)) in due.into_iter().enumerate() {
+            assert_eq!(connection, n % 3);
+            assert!(
+                at.abs_diff(Duration::from_millis(n as u64)) < Duration::from_micros(1),
+                "{n}: {at:?}"
+            );
+        }
     }
 }

@@ -1115,8 +1115,33 @@ fn bench_measures_http_and_the_line_protocol() {
         assert_eq!(report["errors"], 0, "{report}");
         assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
     }
+    // Open loop: every request due in the second is sent and counted, at the --path given.
+    let run = kv(
+        &proxy.url,
+        &[
+            "bench",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+            "--keys",
+            "50",
+            "--rate",
+            "200",
+            "--path",
+            "/kv/open-{key}",
+            "--json",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}: {}", run.what, run.stderr);
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["requests"], 200, "{report}");
+    assert_eq!(report["rate"], 200.0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
     // The keys it wrote are real keys, readable through the proxy.
     let run = kv(&proxy.url, &["get", "key:000000000007"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let run = kv(&proxy.url, &["get", "open-key:000000000007"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Nothing listening: exit 3.
     let nowhere = unused_addr().to_string();

@@ -17,6 +17,19 @@
 #   SKIP_BUILD=1 use the kv binaries already in target/release
 #   KEEP_TMP=1   keep the temporary directory (logs, raw outputs) and print its path
 #   OUT=FILE     also write the table (with its header) to FILE
+#
+# Latency at equal offered load (issue 16), after the closed-loop rounds: `kv bench --rate R`
+# (open loop, latency counted from when each request was due) at one R per comparison, the
+# same for every system in it: cache hits (kv-proxy, nginx, Varnish), plain GET (kv-server,
+# webdis) and line-protocol GET (kv telnet, redis over RESP).
+#   TAILS=0         leave the section out                                             [1]
+#   ONLY=tails      run only the section, and of the closed loop only the rows its rates need
+#   TAIL_ROUNDS     rounds; the systems' order rotates from round to round              [3]
+#   TAIL_DURATION   length of each open-loop run                                        [20s]
+#   TAIL_CONNECTIONS  connections the rate is dealt over                     [CONNECTIONS]
+#   TAIL_FRACTION   R = this × the slowest system's median closed-loop req/s, per group [0.6]
+#   TAIL_RATE_HIT, TAIL_RATE_GET, TAIL_RATE_LINE  a fixed R (req/s) for cache hits, plain
+#                   GET, line protocol; a group with one needs no closed-loop rows
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +46,20 @@ PORT_BASE=${PORT_BASE:-18400}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 OUT=${OUT:-}
+TAILS=${TAILS:-1}
+ONLY=${ONLY:-}
+TAIL_ROUNDS=${TAIL_ROUNDS:-3}
+TAIL_DURATION=${TAIL_DURATION:-20s}
+TAIL_CONNECTIONS=${TAIL_CONNECTIONS:-$CONNECTIONS}
+TAIL_FRACTION=${TAIL_FRACTION:-0.6}
+TAIL_RATE_HIT=${TAIL_RATE_HIT:-}
+TAIL_RATE_GET=${TAIL_RATE_GET:-}
+TAIL_RATE_LINE=${TAIL_RATE_LINE:-}
+case "$ONLY" in
+    "") ;;
+    tails) TAILS=1 ;;
+    *) echo "compare.sh: ONLY=$ONLY: the only section that runs alone is 'tails'" >&2; exit 2 ;;
+esac
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 VALUE_SIZE=100
 
@@ -51,7 +78,18 @@ AXUM_HELLO_PORT=$((PORT_BASE + 12))
 KV_PROXY_MISS_PORT=$((PORT_BASE + 13))  # kv-proxy with --cache-ttl 1ms: every GET a miss
 NGINX_PASS_PORT=$((PORT_BASE + 14))     # nginx proxy_pass, no cache
 
-COMMAND="KEYS=$KEYS ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash tests/perf/compare.sh"
+COMMAND="KEYS=$KEYS ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS"
+if [ "$TAILS" = 1 ]; then
+    COMMAND+=" TAIL_ROUNDS=$TAIL_ROUNDS TAIL_DURATION=$TAIL_DURATION TAIL_FRACTION=$TAIL_FRACTION"
+    [ "$TAIL_CONNECTIONS" = "$CONNECTIONS" ] || COMMAND+=" TAIL_CONNECTIONS=$TAIL_CONNECTIONS"
+    for v in TAIL_RATE_HIT TAIL_RATE_GET TAIL_RATE_LINE; do
+        [ -z "${!v}" ] || COMMAND+=" $v=${!v}"
+    done
+    [ -z "$ONLY" ] || COMMAND+=" ONLY=$ONLY"
+else
+    COMMAND+=" TAILS=0"
+fi
+COMMAND+=" bash tests/perf/compare.sh"
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -331,6 +369,118 @@ round() {
     run_wrk webdis_set "$r" "$WEBDIS_PORT" webdis_set.lua
 }
 
+# ------------------------------------------------------------------ equal offered load
+
+# The comparisons of the section: the kv row first, then the systems it is held against.
+TAIL_HIT_ROWS=(kvproxy_get nginx_cache varnish)
+TAIL_GET_ROWS=(kvserver_get webdis_get)
+TAIL_LINE_ROWS=(kvtelnet_get redis_get_kvbench)
+
+# capacity_round ROUND: of the closed loop, only the rows the offered rates come from
+# (ONLY=tails); a group with a fixed TAIL_RATE_* needs none.
+capacity_round() {
+    local r=$1
+    log "closed-loop round $r of $ROUNDS (only the rows the offered rates come from)"
+    if [ -z "$TAIL_RATE_HIT" ]; then
+        warm kv-proxy "$KV_PROXY_PORT" X-Cache
+        run_wrk kvproxy_get "$r" "$KV_PROXY_PORT" get.lua
+        warm nginx "$NGINX_CACHE_PORT" X-Cache-Status
+        run_wrk nginx_cache "$r" "$NGINX_CACHE_PORT" get.lua
+        warm varnish "$VARNISH_PORT" X-Cache
+        run_wrk varnish "$r" "$VARNISH_PORT" get.lua
+    fi
+    if [ -z "$TAIL_RATE_GET" ]; then
+        run_wrk kvserver_get "$r" "$KV_SERVER_PORT" get.lua
+        run_wrk webdis_get "$r" "$WEBDIS_PORT" get.lua /GET/
+    fi
+    if [ -z "$TAIL_RATE_LINE" ]; then
+        warm kv-proxy "$KV_PROXY_PORT" X-Cache
+        run_kv_bench kvtelnet_get "$r" --line "127.0.0.1:$KV_TELNET_PORT" --ratio 1:0
+        run_kv_bench redis_get_kvbench "$r" --resp "127.0.0.1:$REDIS_PORT" --ratio 1:0
+    fi
+}
+
+# tail_rate FIXED ROW...: FIXED if set, else TAIL_FRACTION of the lowest median closed-loop
+# req/s among the ROWs; empty when one of them has no figure.
+tail_rate() {
+    local fixed=$1
+    shift
+    if [ -n "$fixed" ]; then
+        echo "$fixed"
+    else
+        helper rate "$TMP/results" "$TAIL_FRACTION" "$@"
+    fi
+}
+
+# run_tail ROW ROUND RATE ARGS...: kv bench open loop at RATE requests a second.
+run_tail() {
+    local row=$1 round=$2 rate=$3
+    shift 3
+    local out="$TMP/tails/kvbench.$row.$round.out"
+    "$TARGET_DIR/release/kv" bench "$@" --rate "$rate" --connections "$TAIL_CONNECTIONS" \
+        --duration "$TAIL_DURATION" --keys "$KEYS" --value-size "$VALUE_SIZE" --ratio 1:0 \
+        --no-populate --json >"$out" 2>&1 || true
+    log "  $row at $rate req/s: $(tail -n 1 "$out" | cut -c1-200)"
+}
+
+# tail_system ROW ROUND RATE: one system's run; each cache is warmed just before it.
+tail_system() {
+    local row=$1 r=$2 rate=$3
+    case "$row" in
+        kvproxy_get)
+            warm kv-proxy "$KV_PROXY_PORT" X-Cache
+            run_tail "$row" "$r" "$rate" --url "http://127.0.0.1:$KV_PROXY_PORT" ;;
+        nginx_cache)
+            warm nginx "$NGINX_CACHE_PORT" X-Cache-Status
+            run_tail "$row" "$r" "$rate" --url "http://127.0.0.1:$NGINX_CACHE_PORT" ;;
+        varnish)
+            warm varnish "$VARNISH_PORT" X-Cache
+            run_tail "$row" "$r" "$rate" --url "http://127.0.0.1:$VARNISH_PORT" ;;
+        kvserver_get)
+            run_tail "$row" "$r" "$rate" --url "http://127.0.0.1:$KV_SERVER_PORT" ;;
+        webdis_get)
+            run_tail "$row" "$r" "$rate" --url "http://127.0.0.1:$WEBDIS_PORT" --path '/GET/{key}' ;;
+        kvtelnet_get)
+            warm kv-proxy "$KV_PROXY_PORT" X-Cache
+            run_tail "$row" "$r" "$rate" --line "127.0.0.1:$KV_TELNET_PORT" ;;
+        redis_get_kvbench)
+            run_tail "$row" "$r" "$rate" --resp "127.0.0.1:$REDIS_PORT" ;;
+        *) die "no tail run for $row" ;;
+    esac
+}
+
+# tail_group ROUND RATE ROW...: the rows in an order rotated by the round, so that no
+# system always runs first, or right after a given other.
+tail_group() {
+    local r=$1 rate=$2
+    shift 2
+    [ -n "$rate" ] || return 0
+    local rows=("$@") n=$# i
+    for ((i = 0; i < n; i++)); do
+        tail_system "${rows[(i + r - 1) % n]}" "$r" "$rate"
+    done
+}
+
+tails() {
+    mkdir -p "$TMP/tails"
+    if ! "$TARGET_DIR/release/kv" bench --help 2>/dev/null | grep -q -- '--path'; then
+        log "kv bench has no --rate/--path: the equal-offered-load rows will say n/a"
+        return 0
+    fi
+    local hit get line
+    hit=$(tail_rate "$TAIL_RATE_HIT" "${TAIL_HIT_ROWS[@]}")
+    get=$(tail_rate "$TAIL_RATE_GET" "${TAIL_GET_ROWS[@]}")
+    line=$(tail_rate "$TAIL_RATE_LINE" "${TAIL_LINE_ROWS[@]}")
+    log "equal offered load (req/s): cache hits ${hit:-n/a}, plain GET ${get:-n/a}, line protocol ${line:-n/a}"
+    local r
+    for ((r = 1; r <= TAIL_ROUNDS; r++)); do
+        log "equal-offered-load round $r of $TAIL_ROUNDS"
+        tail_group "$r" "$hit" "${TAIL_HIT_ROWS[@]}"
+        tail_group "$r" "$get" "${TAIL_GET_ROWS[@]}"
+        tail_group "$r" "$line" "${TAIL_LINE_ROWS[@]}"
+    done
+}
+
 # ------------------------------------------------------------------ main
 
 install_missing
@@ -361,8 +511,9 @@ START=$(date +%s)
 start_everything
 populate
 for ((r = 1; r <= ROUNDS; r++)); do
-    round "$r"
+    if [ "$ONLY" = tails ]; then capacity_round "$r"; else round "$r"; fi
 done
+if [ "$TAILS" = 1 ]; then tails; fi
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
 mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
@@ -377,10 +528,17 @@ versions="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $(varnishd -V 2>&1 | head
     echo
     echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $mem RAM, Linux $(uname -r); load generator on the same cores, loopback"
     echo "- load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\` (tests/perf/*.lua), \`redis-benchmark -c $CONNECTIONS -n $REDIS_REQUESTS -d $VALUE_SIZE -r $KEYS\`, \`kv bench --connections $CONNECTIONS --duration $DURATION\`; $KEYS keys of 16 bytes, values of $VALUE_SIZE bytes; median of $ROUNDS round(s); caches warmed before each run"
+    if [ -d "$TMP/tails" ]; then
+        echo "- equal offered load: \`kv bench --rate R --connections $TAIL_CONNECTIONS --duration $TAIL_DURATION\`, open loop, latency counted from when each request was due; R per comparison = $TAIL_FRACTION × the slowest system's median closed-loop req/s (unless TAIL_RATE_* fixes it); median of $TAIL_ROUNDS round(s), the systems' order rotated each round"
+    fi
     echo "- versions: $versions"
     echo "- command: \`$COMMAND\` ($(( ($(date +%s) - START) / 60 )) min)"
     echo
     helper table "$TMP/results"
+    if [ -d "$TMP/tails" ]; then
+        echo
+        helper tails "$TMP/tails"
+    fi
 } >"$TMP/table.md"
 if [ -n "$OUT" ]; then cp "$TMP/table.md" "$OUT"; fi
 cat "$TMP/table.md"

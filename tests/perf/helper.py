@@ -11,6 +11,9 @@ Standard library only. Keys are `key:%012d` (16 bytes, the spelling `kv bench` a
   helper.py header    BASE_URL PATH NAME  print one response header of a GET
   helper.py table     RESULTS_DIR         print the markdown table from the raw outputs
   helper.py table-etcd RESULTS_DIR        the same for etcd.sh (kv over etcd vs its gateway)
+  helper.py rate      RESULTS_DIR FRACTION ROW...  FRACTION of the lowest median req/s of
+                                          the ROWs (rounded to 100), or nothing if one is missing
+  helper.py tails     TAILS_DIR           print the equal-offered-load table
 """
 
 import base64
@@ -172,6 +175,8 @@ def parse_kv_bench(text):
             "rps": float(report["requests_per_sec"]),
             "p50": float(report["p50_ms"]),
             "p99": float(report["p99_ms"]),
+            "p999": float(report.get("p999_ms", "nan")),
+            "rate": report.get("rate"),
             "errors": int(report.get("errors", 0)),
         }
     except (ValueError, KeyError, IndexError):
@@ -377,6 +382,127 @@ def cpu_table(results_dir, labels):
         print("| %s | %.0f | %.0f | %.0f | %.0f | %.2f |" % (
             labels[row], med["etcd"], med["kvserver"], med["kvproxy"],
             med["etcd"] + med["kvserver"] + med["kvproxy"], med["cores"]))
+def rate(results_dir, fraction, rows):
+    m = collect(results_dir)
+    if any(row not in m or m[row]["rps"] <= 0 for row in rows):
+        return
+    slowest = min(m[row]["rps"] for row in rows)
+    print("%d" % max(100, round(fraction * slowest / 100) * 100))
+
+
+# ---------------------------------------------------------------- equal offered load
+
+# (comparison, kv row, [(alternative row, goal for kv p99 ÷ its p99, p99.9 held to it too)])
+TAIL_GROUPS = [
+    ("Proxy cache hit", "kvproxy_get", [("nginx_cache", 1.0, True), ("varnish", 1.0, True)]),
+    ("Server GET, no cache", "kvserver_get", [("webdis_get", 1.0, False)]),
+    ("Line protocol GET (cache hits)", "kvtelnet_get", [("redis_get_kvbench", 1.2, False)]),
+]
+
+TAIL_LABELS = dict(LABELS, kvtelnet_get="**kv telnet** GET (`--line`)", redis_get_kvbench="redis GET (`--resp`)",
+                   webdis_get="webdis GET (redis, in memory; `--path /GET/{key}`)")
+
+
+def tail_runs(tails_dir):
+    """Every round's figures, per row id, in round order."""
+    runs = {}
+    for name in sorted(os.listdir(tails_dir), key=lambda n: (n.split(".")[1], int(n.split(".")[2]))):
+        if name.endswith(".out"):
+            got = parse(os.path.join(tails_dir, name))
+            if got is not None:
+                runs.setdefault(name.split(".")[1], []).append(dict(got, round=int(name.split(".")[2])))
+    return runs
+
+
+def spread(values, digits=3):
+    """median (lowest–highest)"""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return "%.*f" % (digits, values[0])
+    return "%.*f (%.*f–%.*f)" % (digits, statistics.median(values), digits, min(values), digits, max(values))
+
+
+def tails(tails_dir):
+    runs = tail_runs(tails_dir)
+    lines = [
+        "| comparison, offered load | system | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors "
+        "| kv ÷ this, p99 | kv ÷ this, p99.9 | target | met |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    shortfalls, notes = [], []
+
+    def med(row, key):
+        return statistics.median(r[key] for r in runs[row]) if row in runs else None
+
+    def cells(row):
+        if row not in runs:
+            return ["n/a"] * 5
+        rs = runs[row]
+        for r in rs:
+            if r["rate"] and r["rps"] < 0.98 * r["rate"]:
+                notes.append("%s, round %d: %.0f req/s achieved of %.0f offered (the backlog's wait counts)"
+                             % (TAIL_LABELS[row].replace("**", ""), r["round"], r["rps"], r["rate"]))
+        return ["%.0f" % med(row, "rps"), "%.3f" % med(row, "p50"), spread([r["p99"] for r in rs]),
+                spread([r["p999"] for r in rs]), str(sum(r["errors"] for r in rs))]
+
+    def ratio(kv_row, alt_row, key):
+        """kv's median over the alternative's, and the range of the round-by-round ratios."""
+        if kv_row not in runs or alt_row not in runs or not med(alt_row, key):
+            return None, "n/a"
+        whole = med(kv_row, key) / med(alt_row, key)
+        alt_by_round = {r["round"]: r[key] for r in runs[alt_row]}
+        per_round = [r[key] / alt_by_round[r["round"]] for r in runs[kv_row] if alt_by_round.get(r["round"])]
+        text = "%.2f×" % whole
+        if len(per_round) > 1:
+            text += " (%.2f–%.2f)" % (min(per_round), max(per_round))
+        return whole, text
+
+    for group, kv_row, alts in TAIL_GROUPS:
+        offered = sorted({r["rate"] for row in [kv_row] + [a for a, _, _ in alts] for r in runs.get(row, [])
+                          if r["rate"]})
+        load = " / ".join("%.0f req/s" % o for o in offered) or "n/a"
+        lines.append("| %s, %s | %s | %s | — | — | — | — |" % (
+            group, load, TAIL_LABELS[kv_row], " | ".join(cells(kv_row))))
+        for alt_row, goal, p999_rule in alts:
+            r99, t99 = ratio(kv_row, alt_row, "p99")
+            r999, t999 = ratio(kv_row, alt_row, "p999")
+            if r99 is None or (p999_rule and r999 is None):
+                met = "n/a"
+            else:
+                why = []
+                if r99 > goal:
+                    why.append("p99 %.3f ms is %.2f× its %.3f ms" % (med(kv_row, "p99"), r99, med(alt_row, "p99")))
+                if p999_rule and r999 > goal:
+                    why.append("p99.9 %.3f ms is %.2f× its %.3f ms" % (med(kv_row, "p999"), r999,
+                                                                     med(alt_row, "p999")))
+                met = "**no**" if why else "yes"
+                if why:
+                    shortfalls.append("%s vs %s (goal ≤ %.1f×): %s" % (
+                        TAIL_LABELS[kv_row].replace("**", ""), TAIL_LABELS[alt_row], goal, "; ".join(why)))
+            target = "p99%s ≤ %.1f×" % (", p99.9" if p999_rule else "", goal)
+            lines.append("| | %s | %s | %s | %s | %s | %s |" % (
+                TAIL_LABELS[alt_row], " | ".join(cells(alt_row)), t99, t999, target, met))
+    rounds = sorted({len(rs) for rs in runs.values()})
+    print("#### Latency at equal offered load")
+    print()
+    print("\n".join(lines))
+    print()
+    print("Open loop (`kv bench --rate`): latency counts from when each request was due. Each figure is "
+          "the median of %s round(s), in brackets the lowest and highest round; `kv ÷ this` is the ratio "
+          "of the medians, in brackets the lowest and highest of the round-by-round ratios. The kv-proxy "
+          "target is the better of nginx and Varnish, so it is met only if met against both."
+          % "/".join(str(r) for r in rounds))
+    if notes:
+        print()
+        print("Short of the offered rate:")
+        for n in notes:
+            print("- " + n)
+    if shortfalls:
+        print()
+        print("Below target:")
+        for s in shortfalls:
+            print("- " + s)
 
 
 def main(argv):
@@ -398,6 +524,10 @@ def main(argv):
     elif cmd == "table-etcd":
         table(args[0], ETCD_GROUPS, ETCD_LABELS, {})
         cpu_table(args[0], ETCD_LABELS)
+    elif cmd == "rate":
+        rate(args[0], float(args[1]), args[2:])
+    elif cmd == "tails":
+        tails(args[0])
     else:
         sys.exit(__doc__)
 
