@@ -382,6 +382,8 @@ def cpu_table(results_dir, labels):
         print("| %s | %.0f | %.0f | %.0f | %.0f | %.2f |" % (
             labels[row], med["etcd"], med["kvserver"], med["kvproxy"],
             med["etcd"] + med["kvserver"] + med["kvproxy"], med["cores"]))
+
+
 def rate(results_dir, fraction, rows):
     m = collect(results_dir)
     if any(row not in m or m[row]["rps"] <= 0 for row in rows):
