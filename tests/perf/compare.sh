@@ -167,34 +167,9 @@ install_missing() {
 
 # ------------------------------------------------------------------ processes
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start NAME COMMAND...: run a program in the foreground of a background job.
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    NAMES+=("$name")
-}
-
-# wait_port NAME PORT: until something accepts on PORT, or NAME's process died.
-wait_port() {
-    local name=$1 port=$2 i pid=""
-    for ((i = 0; i < ${#NAMES[@]}; i++)); do
-        [ "${NAMES[i]}" = "$name" ] && pid=${PIDS[i]}
-    done
-    for ((i = 0; i < 600; i++)); do
-        port_open "$port" && return 0
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$TMP/$name.log" >&2 || true
-            die "$name exited before listening on $port"
-        fi
-        sleep 0.1
-    done
-    tail -n 30 "$TMP/$name.log" >&2 || true
-    die "$name is not listening on $port after 60 s"
-}
+# port_open, start, wait_port: shared with the other benchmark scripts.
+# shellcheck source=tests/perf/processes.sh
+. "$HERE/processes.sh"
 
 # render TEMPLATE OUTPUT: fill in the @NAME@ placeholders of a carried config.
 render() {
