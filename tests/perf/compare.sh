@@ -392,9 +392,11 @@ run_tail() {
     local row=$1 round=$2 rate=$3
     shift 3
     local out="$TMP/tails/kvbench.$row.$round.out"
+    # How busy the machine was just before: tails move with what else runs on the cores.
+    echo "loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >"$out"
     "$TARGET_DIR/release/kv" bench "$@" --rate "$rate" --connections "$TAIL_CONNECTIONS" \
         --duration "$TAIL_DURATION" --keys "$KEYS" --value-size "$VALUE_SIZE" --ratio 1:0 \
-        --no-populate --json >"$out" 2>&1 || true
+        --no-populate --json >>"$out" 2>&1 || true
     log "  $row at $rate req/s: $(tail -n 1 "$out" | cut -c1-200)"
 }
 

@@ -410,9 +410,13 @@ def tail_runs(tails_dir):
     runs = {}
     for name in sorted(os.listdir(tails_dir), key=lambda n: (n.split(".")[1], int(n.split(".")[2]))):
         if name.endswith(".out"):
-            got = parse(os.path.join(tails_dir, name))
+            path = os.path.join(tails_dir, name)
+            got = parse(path)
             if got is not None:
-                runs.setdefault(name.split(".")[1], []).append(dict(got, round=int(name.split(".")[2])))
+                with open(path, errors="replace") as f:
+                    load = re.match(r"loadavg ([0-9.]+)", f.readline())
+                runs.setdefault(name.split(".")[1], []).append(
+                    dict(got, round=int(name.split(".")[2]), load=float(load.group(1)) if load else None))
     return runs
 
 
@@ -495,6 +499,12 @@ def tails(tails_dir):
           "of the medians, in brackets the lowest and highest of the round-by-round ratios. The kv-proxy "
           "target is the better of nginx and Varnish, so it is met only if met against both."
           % "/".join(str(r) for r in rounds))
+    loads = [r["load"] for rs in runs.values() for r in rs if r["load"] is not None]
+    if loads:
+        print()
+        print("Load average (1 min) just before the runs: %.1f to %.1f on %d cores; it counts the systems "
+              "and the load generator of the previous run as well as anything else on the machine."
+              % (min(loads), max(loads), os.cpu_count() or 0))
     if notes:
         print()
         print("Short of the offered rate:")
