@@ -33,6 +33,9 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# port_open, start, wait_port, stop_started: shared with the other benchmark scripts.
+# shellcheck source=tests/perf/processes.sh
+. "$HERE/processes.sh"
 REPO=$(cd "$HERE/../.." && pwd)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -105,22 +108,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${PIDS[i]}" 2>/dev/null || true
-    done
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        local n=0
-        while kill -0 "${PIDS[i]}" 2>/dev/null && [ $n -lt 50 ]; do
-            sleep 0.1
-            n=$((n + 1))
-        done
-        if kill -0 "${PIDS[i]}" 2>/dev/null; then
-            log "${NAMES[i]} (pid ${PIDS[i]}) ignored SIGTERM; killing it"
-            kill -KILL "${PIDS[i]}" 2>/dev/null || true
-        fi
-        wait "${PIDS[i]}" 2>/dev/null || true
-    done
+    stop_started
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         if [ "$KEEP_TMP" = 1 ]; then
             log "kept $TMP"
@@ -167,9 +155,6 @@ install_missing() {
 
 # ------------------------------------------------------------------ processes
 
-# port_open, start, wait_port: shared with the other benchmark scripts.
-# shellcheck source=tests/perf/processes.sh
-. "$HERE/processes.sh"
 
 # render TEMPLATE OUTPUT: fill in the @NAME@ placeholders of a carried config.
 render() {

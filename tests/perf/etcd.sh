@@ -21,6 +21,9 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# port_open, start, wait_port, stop_started: shared with the other benchmark scripts.
+# shellcheck source=tests/perf/processes.sh
+. "$HERE/processes.sh"
 REPO=$(cd "$HERE/../.." && pwd)
 
 KEYS=${KEYS:-10000}
@@ -60,22 +63,7 @@ CLUSTER=""   # the etcd cluster's directory, once etcd-cluster.sh start has run
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${PIDS[i]}" 2>/dev/null || true
-    done
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        local n=0
-        while kill -0 "${PIDS[i]}" 2>/dev/null && [ $n -lt 50 ]; do
-            sleep 0.1
-            n=$((n + 1))
-        done
-        if kill -0 "${PIDS[i]}" 2>/dev/null; then
-            log "${NAMES[i]} (pid ${PIDS[i]}) ignored SIGTERM; killing it"
-            kill -KILL "${PIDS[i]}" 2>/dev/null || true
-        fi
-        wait "${PIDS[i]}" 2>/dev/null || true
-    done
+    stop_started
     # The members run detached (setsid); etcd-cluster.sh stops exactly the ones whose
     # pid files are in this cluster's directory.
     if [ -n "$CLUSTER" ]; then
@@ -96,9 +84,6 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ processes
 
-# port_open, start, wait_port: shared with the other benchmark scripts.
-# shellcheck source=tests/perf/processes.sh
-. "$HERE/processes.sh"
 
 KV_SERVER_PID=""
 KV_PROXY_PID=""

@@ -1,4 +1,4 @@
-# Starting and waiting for the programs a benchmark script runs; sourced by
+# Starting, waiting for and stopping the programs a benchmark script runs; sourced by
 # compare.sh and etcd.sh, which define TMP, PIDS, NAMES, log and die.
 # shellcheck shell=bash
 
@@ -29,4 +29,25 @@ wait_port() {
     done
     tail -n 30 "$TMP/$name.log" >&2 || true
     die "$name is not listening on $port after 60 s"
+}
+
+# stop_started: every program `start` ran, last first: SIGTERM, then SIGKILL
+# after 5 s for one that ignores it.
+stop_started() {
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        local n=0
+        while kill -0 "${PIDS[i]}" 2>/dev/null && [ $n -lt 50 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        if kill -0 "${PIDS[i]}" 2>/dev/null; then
+            log "${NAMES[i]} (pid ${PIDS[i]}) ignored SIGTERM; killing it"
+            kill -KILL "${PIDS[i]}" 2>/dev/null || true
+        fi
+        wait "${PIDS[i]}" 2>/dev/null || true
+    done
 }
