@@ -33,7 +33,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# port_open, start, wait_port, stop_started: shared with the other benchmark scripts.
+# port_open, start, wait_port, stop_started, remove_tmp: shared with the other benchmark scripts.
 # shellcheck source=tests/perf/processes.sh
 . "$HERE/processes.sh"
 REPO=$(cd "$HERE/../.." && pwd)
@@ -109,13 +109,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
     stop_started
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        if [ "$KEEP_TMP" = 1 ]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
+    remove_tmp
     exit $status
 }
 trap cleanup EXIT
@@ -152,9 +146,6 @@ install_missing() {
         POLICY_RC_CREATED=0
     fi
 }
-
-# ------------------------------------------------------------------ processes
-
 
 # render TEMPLATE OUTPUT: fill in the @NAME@ placeholders of a carried config.
 render() {

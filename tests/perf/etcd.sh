@@ -21,7 +21,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# port_open, start, wait_port, stop_started: shared with the other benchmark scripts.
+# port_open, start, wait_port, stop_started, remove_tmp: shared with the other benchmark scripts.
 # shellcheck source=tests/perf/processes.sh
 . "$HERE/processes.sh"
 REPO=$(cd "$HERE/../.." && pwd)
@@ -69,21 +69,12 @@ cleanup() {
     if [ -n "$CLUSTER" ]; then
         bash "$REPO/tests/etcd-cluster.sh" stop "$CLUSTER" || true
     fi
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        if [ "$KEEP_TMP" = 1 ]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
+    remove_tmp
     exit $status
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# ------------------------------------------------------------------ processes
-
 
 KV_SERVER_PID=""
 KV_PROXY_PID=""

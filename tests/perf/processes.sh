@@ -1,5 +1,6 @@
-# Starting, waiting for and stopping the programs a benchmark script runs; sourced by
-# compare.sh and etcd.sh, which define TMP, PIDS, NAMES, log and die.
+# Starting, waiting for and stopping the programs a benchmark script runs, and
+# removing its temporary directory; sourced by compare.sh and etcd.sh, which
+# define TMP, KEEP_TMP, PIDS, NAMES, log and die.
 # shellcheck shell=bash
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -50,4 +51,15 @@ stop_started() {
         fi
         wait "${PIDS[i]}" 2>/dev/null || true
     done
+}
+
+# remove_tmp: the temporary directory, unless KEEP_TMP=1 asks to keep it.
+remove_tmp() {
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        if [ "$KEEP_TMP" = 1 ]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
 }
